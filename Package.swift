@@ -1,0 +1,92 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+let package = Package(
+    name: "tortoisemq",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "tortoised", targets: ["tortoised"]),
+        .executable(name: "tortoisectl", targets: ["tortoisectl"]),
+        .library(name: "TortoiseClient", targets: ["TortoiseClient"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+    ],
+    targets: [
+        .systemLibrary(
+            name: "CLMDB",
+            pkgConfig: "lmdb",
+            providers: [.apt(["liblmdb-dev"])]
+        ),
+        .target(
+            name: "TortoiseStorage",
+            dependencies: ["CLMDB"]
+        ),
+        .target(
+            name: "TortoiseProtocol",
+            dependencies: [
+                "TortoiseStorage",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
+        .target(
+            name: "TortoiseServer",
+            dependencies: [
+                "TortoiseStorage",
+                "TortoiseProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
+            name: "TortoiseClient",
+            dependencies: [
+                "TortoiseProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
+        .executableTarget(
+            name: "tortoised",
+            dependencies: [
+                "TortoiseServer",
+                "TortoiseStorage",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "tortoisectl",
+            dependencies: [
+                "TortoiseClient",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .executableTarget(
+            name: "tortoise-storage-stress",
+            dependencies: ["TortoiseStorage"],
+            path: "Sources/tortoise-storage-stress"
+        ),
+        .testTarget(
+            name: "TortoiseStorageTests",
+            dependencies: ["TortoiseStorage"]
+        ),
+        .testTarget(
+            name: "TortoiseProtocolTests",
+            dependencies: ["TortoiseProtocol"]
+        ),
+        .testTarget(
+            name: "TortoiseEndToEndTests",
+            dependencies: [
+                "TortoiseClient",
+                "TortoiseProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,129 @@
+/// The fingerprint of an error text: the text with its variable parts replaced, so that
+/// errors that differ only in ids and numbers fall into one group.
+///
+/// UUIDs, and words of 8 or more hexadecimal characters with at least one digit, become
+/// `<id>`; every other run of digits becomes `<n>`; whitespace is trimmed and runs of it
+/// become one space. ``group(of:)`` is a stable 64-bit FNV-1a hash of the fingerprint,
+/// shown as 16 lower-case hex digits.
+public enum ErrorFingerprint {
+    /// The fingerprint text of `error`.
+    public static func fingerprint(_ error: String) -> String {
+        var out = ""
+        out.reserveCapacity(error.utf8.count)
+        let scalars = Array(error.unicodeScalars)
+        var i = 0
+        var pendingSpace = false
+        while i < scalars.count {
+            let c = scalars[i]
+            if c.properties.isWhitespace {
+                pendingSpace = !out.isEmpty
+                i += 1
+                continue
+            }
+            if pendingSpace { out.append(" "); pendingSpace = false }
+            if isWordScalar(c) {
+                // A word: a maximal run of letters, digits and '_'; UUIDs join with '-'.
+                var j = i
+                while j < scalars.count, isWordScalar(scalars[j]) || (scalars[j] == "-" && j + 1 < scalars.count && isHex(scalars[j + 1])) { j += 1 }
+                let word = scalars[i..<j]
+                if isUUID(word) || isHexID(word) {
+                    out.append("<id>")
+                    i = j
+                    continue
+                }
+                // Not an id: fall back to plain words, where digit runs become <n>.
+                var k = i
+                while k < scalars.count, isWordScalar(scalars[k]) { k += 1 }
+                if isHexID(scalars[i..<k]) {
+                    out.append("<id>")
+                    i = k
+                    continue
+                }
+                var m = i
+                while m < k {
+                    if isDigit(scalars[m]) {
+                        while m < k, isDigit(scalars[m]) { m += 1 }
+                        out.append("<n>")
+                    } else {
+                        out.unicodeScalars.append(scalars[m])
+                        m += 1
+                    }
+                }
+                i = k
+                continue
+            }
+            if isDigit(c) {
+                while i < scalars.count, isDigit(scalars[i]) { i += 1 }
+                out.append("<n>")
+                continue
+            }
+            out.unicodeScalars.append(c)
+            i += 1
+        }
+        return out
+    }
+
+    /// The group of `error`: the hash of its fingerprint.
+    public static func group(of error: String) -> UInt64 {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for b in fingerprint(error).utf8 {
+            h ^= UInt64(b)
+            h = h &* 0x0000_0100_0000_01b3
+        }
+        return h
+    }
+
+    /// A group as 16 lower-case hex digits.
+    public static func hex(_ group: UInt64) -> String {
+        let s = String(group, radix: 16)
+        return String(repeating: "0", count: 16 - s.count) + s
+    }
+
+    /// Parses 16 hex digits (either case).
+    public static func parseHex(_ text: some StringProtocol) -> UInt64? {
+        guard text.count == 16 else { return nil }
+        return UInt64(text, radix: 16)
+    }
+
+    private static func isDigit(_ c: Unicode.Scalar) -> Bool { c.value >= 48 && c.value <= 57 }
+    private static func isHex(_ c: Unicode.Scalar) -> Bool {
+        isDigit(c) || (c.value >= 65 && c.value <= 70) || (c.value >= 97 && c.value <= 102)
+    }
+    static func isWordScalar(_ c: Unicode.Scalar) -> Bool {
+        c == "_" || c.properties.isAlphabetic || c.properties.numericType != nil
+    }
+    private static func isHexID(_ w: ArraySlice<Unicode.Scalar>) -> Bool {
+        w.count >= 8 && w.allSatisfy(isHex) && w.contains(where: isDigit)
+    }
+    private static func isUUID(_ w: ArraySlice<Unicode.Scalar>) -> Bool {
+        let groups = w.split(separator: "-", omittingEmptySubsequences: false)
+        guard groups.map(\.count) == [8, 4, 4, 4, 12] else { return false }
+        return groups.allSatisfy { $0.allSatisfy(isHex) }
+    }
+}
+
+/// The words of an error text as the search sees them: maximal runs of Unicode letters,
+/// digits and `_`, case-folded.
+public enum ErrorWords {
+    /// The longest word kept in the index, in bytes; longer words are cut.
+    public static let maxWordBytes = 200
+
+    /// The distinct words of `text`, in order of first appearance.
+    public static func words(_ text: String) -> [String] {
+        var result: [String] = []
+        var seen = Set<String>()
+        var current = String.UnicodeScalarView()
+        func flush() {
+            guard !current.isEmpty else { return }
+            var w = String(current).lowercased()
+            if w.utf8.count > maxWordBytes { w = String(decoding: w.utf8.prefix(maxWordBytes), as: UTF8.self) }
+            if seen.insert(w).inserted { result.append(w) }
+            current = String.UnicodeScalarView()
+        }
+        for c in text.unicodeScalars {
+            if ErrorFingerprint.isWordScalar(c) { current.append(c) } else { flush() }
+        }
+        flush()
+        return result
+    }
+}

@@ -1,0 +1,204 @@
+/// The failed store and its secondary indexes, kept in the caller's transaction so that
+/// they never disagree; and the query planner that answers searches from them.
+struct FailedIndex {
+    let t: StoreTables
+
+    // MARK: Changes
+
+    func add(_ f: FailedTask, _ txn: borrowing LMDBTransaction) throws(StorageError) {
+        let p = StoreTables.posting(f.failedAt, f.id)
+        try txn.put(t.failed, StoreTables.taskKey(f.id), f.encoded())
+        try txn.put(t.byTime, p, [])
+        for w in ErrorWords.words(f.error) { try txn.put(t.byWord, Array(w.utf8), p) }
+        try txn.put(t.byQueue, Array(f.queue.utf8), p)
+        try txn.put(t.byGroup, f.group.bigEndianBytes, p)
+        let gq = StoreTables.groupQueueKey(f.group, f.queue)
+        let n = try txn.get(t.groupQueues, gq).map { UInt64(bigEndianBytes: $0) } ?? 0
+        try txn.put(t.groupQueues, gq, (n + 1).bigEndianBytes)
+    }
+
+    func remove(_ f: FailedTask, _ txn: borrowing LMDBTransaction) throws(StorageError) {
+        let p = StoreTables.posting(f.failedAt, f.id)
+        try txn.delete(t.failed, StoreTables.taskKey(f.id))
+        try txn.delete(t.byTime, p)
+        for w in ErrorWords.words(f.error) { try txn.delete(t.byWord, Array(w.utf8), value: p) }
+        try txn.delete(t.byQueue, Array(f.queue.utf8), value: p)
+        try txn.delete(t.byGroup, f.group.bigEndianBytes, value: p)
+        let gq = StoreTables.groupQueueKey(f.group, f.queue)
+        let n = try txn.get(t.groupQueues, gq).map { UInt64(bigEndianBytes: $0) } ?? 0
+        if n <= 1 { try txn.delete(t.groupQueues, gq) } else { try txn.put(t.groupQueues, gq, (n - 1).bigEndianBytes) }
+    }
+
+    func load(_ id: TaskID, _ txn: borrowing LMDBTransaction) throws(StorageError) -> FailedTask? {
+        guard let b = try txn.get(t.failed, StoreTables.taskKey(id)) else { return nil }
+        return try FailedTask(id: id, decoding: b)
+    }
+
+    // MARK: Planning
+
+    /// Calls `body` with every failure matching `query`, newest first, until it returns
+    /// false. `body` gets the record only when a residual term needed it or `wantRecord`
+    /// asks for it; otherwise nil (the caller loads what it needs).
+    func forEachMatch(
+        _ query: FailedQuery, _ txn: borrowing LMDBTransaction,
+        _ body: (Millis, TaskID, FailedTask?) throws(StorageError) -> Bool
+    ) throws(StorageError) {
+        // Index terms other than the driver are checked by pair lookups.
+        var lookups: [(LMDBDatabase, [UInt8])] = []
+        for w in query.words { lookups.append((t.byWord, Array(w.utf8))) }
+        for q in query.queues { lookups.append((t.byQueue, Array(q.utf8))) }
+        for g in query.groups { lookups.append((t.byGroup, g.bigEndianBytes)) }
+
+        func accept(_ at: Millis, _ id: TaskID, skip: Int?, _ txn: borrowing LMDBTransaction) throws(StorageError) -> (Bool, FailedTask?) {
+            if let since = query.since, at < since { return (false, nil) }
+            if let before = query.before, at >= before { return (false, nil) }
+            let p = StoreTables.posting(at, id)
+            for (i, (db, key)) in lookups.enumerated() where i != skip {
+                if try !txn.containsPair(db, key, p) { return (false, nil) }
+            }
+            if query.hasResidualTerms {
+                guard let f = try load(id, txn), query.matchesResidualTerms(f) else { return (false, nil) }
+                return (true, f)
+            }
+            return (true, nil)
+        }
+
+        if !query.ids.isEmpty {
+            var found: [(Millis, TaskID)] = []
+            for id in Set(query.ids) where query.ids.allSatisfy({ $0 == id }) {
+                if let f = try load(id, txn) { found.append((f.failedAt, id)) }
+            }
+            found.sort { ($0.0, $0.1) > ($1.0, $1.1) }
+            for (at, id) in found {
+                let (ok, f) = try accept(at, id, skip: nil, txn)
+                if ok, try !body(at, id, f) { return }
+            }
+            return
+        }
+
+        // The newest-first start for a `before:` bound.
+        let start: [UInt8]? = query.before.map { StoreTables.posting($0 - 1, UInt64.max) }
+
+        if !lookups.isEmpty {
+            // Drive from the most selective index.
+            var best = 0
+            var bestCount = Int.max
+            for (i, (db, key)) in lookups.enumerated() {
+                let n = try txn.withCursor(db) { (c) throws(StorageError) -> Int in
+                    guard try c.seek(key: key) != nil else { return 0 }
+                    return try c.duplicateCount()
+                }
+                if n == 0 { return }
+                if n < bestCount { bestCount = n; best = i }
+            }
+            let (db, key) = lookups[best]
+            try txn.withCursor(db) { (c) throws(StorageError) in
+                var e: LMDBCursor.Entry?
+                if let start { e = try c.seek(key: key, valueAtOrAfter: start) } else { e = try c.seek(key: key) }
+                while let entry = e {
+                    let (at, id) = StoreTables.decodePosting(entry.value)
+                    if let since = query.since, at < since { return }
+                    let (ok, f) = try accept(at, id, skip: best, txn)
+                    if ok, try !body(at, id, f) { return }
+                    e = try c.nextDuplicate()
+                }
+            }
+            return
+        }
+
+        try txn.withCursor(t.byTime) { (c) throws(StorageError) in
+            var e: LMDBCursor.Entry?
+            if let start { e = try c.seek(atOrAfter: start) } else { e = try c.first() }
+            while let entry = e {
+                let (at, id) = StoreTables.decodePosting(entry.key)
+                if let since = query.since, at < since { return }
+                let (ok, f) = try accept(at, id, skip: nil, txn)
+                if ok, try !body(at, id, f) { return }
+                e = try c.next()
+            }
+        }
+    }
+
+    // MARK: Answers
+
+    func search(_ query: FailedQuery, limit: Int, _ txn: borrowing LMDBTransaction) throws(StorageError) -> FailedPage {
+        var tasks: [FailedTask] = []
+        if query.isEmpty {
+            let total = try txn.count(t.failed)
+            try forEachMatch(query, txn) { (_, id, _) throws(StorageError) in
+                guard tasks.count < limit else { return false }
+                if let f = try load(id, txn) { tasks.append(f) }
+                return true
+            }
+            return FailedPage(total: total, tasks: tasks)
+        }
+        var total = 0
+        try forEachMatch(query, txn) { (_, id, f) throws(StorageError) in
+            total += 1
+            if tasks.count < limit {
+                if let f { tasks.append(f) } else if let f = try load(id, txn) { tasks.append(f) }
+            }
+            return true
+        }
+        return FailedPage(total: total, tasks: tasks)
+    }
+
+    func ids(_ query: FailedQuery, _ txn: borrowing LMDBTransaction) throws(StorageError) -> [TaskID] {
+        var ids: [TaskID] = []
+        try forEachMatch(query, txn) { (_, id, _) throws(StorageError) in ids.append(id); return true }
+        return ids
+    }
+
+    func groups(_ query: FailedQuery, limit: Int, _ txn: borrowing LMDBTransaction) throws(StorageError) -> [ErrorGroup] {
+        var result: [ErrorGroup] = []
+        if query.isEmpty {
+            // Straight from the group index: no failure record is read but each group's newest.
+            try txn.withCursor(t.byGroup) { (c) throws(StorageError) in
+                var e = try c.first()
+                while let entry = e {
+                    let group = UInt64(bigEndianBytes: entry.key)
+                    let count = try c.duplicateCount()
+                    let (last, newestID) = StoreTables.decodePosting(entry.value)
+                    let oldest = try c.lastDuplicate()!
+                    let (first, _) = StoreTables.decodePosting(oldest.value)
+                    let example = try load(newestID, txn)?.error ?? ""
+                    result.append(ErrorGroup(group: group, example: example, count: count, queues: try queuesOf(group, txn), firstFailedAt: first, lastFailedAt: last))
+                    e = try c.next()
+                }
+            }
+        } else {
+            var byGroup: [UInt64: ErrorGroup] = [:]
+            var queues: [UInt64: Set<String>] = [:]
+            try forEachMatch(query, txn) { (at, id, f) throws(StorageError) in
+                var loaded = f
+                if loaded == nil { loaded = try load(id, txn) }
+                guard let f = loaded else { return true }
+                if var g = byGroup[f.group] {
+                    g.count += 1
+                    g.firstFailedAt = min(g.firstFailedAt, at)
+                    byGroup[f.group] = g
+                } else {
+                    byGroup[f.group] = ErrorGroup(group: f.group, example: f.error, count: 1, queues: [], firstFailedAt: at, lastFailedAt: at)
+                }
+                queues[f.group, default: []].insert(f.queue)
+                return true
+            }
+            result = byGroup.values.map { var g = $0; g.queues = queues[g.group, default: []].sorted(); return g }
+        }
+        result.sort { ($0.count, $0.lastFailedAt, $0.group) > ($1.count, $1.lastFailedAt, $1.group) }
+        return Array(result.prefix(limit))
+    }
+
+    private func queuesOf(_ group: UInt64, _ txn: borrowing LMDBTransaction) throws(StorageError) -> [String] {
+        let prefix = group.bigEndianBytes
+        var out: [String] = []
+        try txn.withCursor(t.groupQueues) { (c) throws(StorageError) in
+            var e = try c.seek(atOrAfter: prefix)
+            while let entry = e, entry.key.starts(with: prefix) {
+                out.append(String(decoding: entry.key[8...], as: UTF8.self))
+                e = try c.next()
+            }
+        }
+        return out
+    }
+}

@@ -1,0 +1,371 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// The current wall-clock time in milliseconds.
+public func currentMillis() -> Millis {
+    var ts = timespec()
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return Millis(ts.tv_sec) * 1000 + Millis(ts.tv_nsec / 1_000_000)
+}
+
+/// The broker's tables and every change to them. Writes run on one thread (the group
+/// committer's); reads run anywhere, each in its own read transaction.
+final class StoreEngine: @unchecked Sendable {
+    static let formatVersion: UInt32 = 1
+
+    let env: LMDBEnvironment
+    let t: StoreTables
+    let index: FailedIndex
+    let maxDeliveries: Int
+    private let lockFD: Int32
+    // Writer-only state.
+    private var nextID: UInt64 = 1
+    private var nextSeq: UInt64 = 1
+
+    init(directory: String, options: LMDBEnvironment.Options, maxDeliveries: Int) throws(StorageError) {
+        if mkdir(directory, 0o750) != 0 && errno != EEXIST {
+            throw StorageError(.io, "cannot create the data directory \(directory): \(String(cString: strerror(errno)))")
+        }
+        let fd = open(directory + "/LOCK", O_RDWR | O_CREAT | O_CLOEXEC, 0o640)
+        if fd < 0 { throw StorageError(.io, "cannot open \(directory)/LOCK: \(String(cString: strerror(errno)))") }
+        if flock(fd, LOCK_EX | LOCK_NB) != 0 {
+            close(fd)
+            throw StorageError(.locked, "the data directory \(directory) is in use by another process (its LOCK file is held)")
+        }
+        lockFD = fd
+        var opts = options
+        opts.maxDatabases = StoreTables.tableCount + 2
+        do {
+            env = try LMDBEnvironment(directory: directory, options: opts)
+            t = try StoreTables(env: env)
+        } catch {
+            close(fd)
+            throw error
+        }
+        index = FailedIndex(t: t)
+        self.maxDeliveries = maxDeliveries
+        try env.withWriteTransaction { (txn) throws(StorageError) in
+            if let f = try txn.get(t.meta, Array("format".utf8)) {
+                var r = ByteReader(f)
+                let v = try r.u32()
+                if v > Self.formatVersion {
+                    throw StorageError(.formatTooNew, "the data directory \(directory) has store format \(v), newer than this tortoised understands (\(Self.formatVersion)); use a newer tortoised")
+                }
+            } else {
+                var w = ByteWriter(); w.u32(Self.formatVersion)
+                try txn.put(t.meta, Array("format".utf8), w.bytes)
+            }
+            nextID = try metaNumber("next_id", txn) ?? 1
+            nextSeq = try metaNumber("next_seq", txn) ?? 1
+        }
+        try env.sync()
+    }
+
+    private var lockReleased = false
+
+    deinit {
+        shutDown()
+    }
+
+    /// Closes the environment and releases the data directory. Writer-side: call after
+    /// the last write.
+    func shutDown() {
+        env.close()
+        if !lockReleased {
+            lockReleased = true
+            close(lockFD)
+        }
+    }
+
+    private func metaNumber(_ name: String, _ txn: borrowing LMDBTransaction) throws(StorageError) -> UInt64? {
+        try txn.get(t.meta, Array(name.utf8)).map { UInt64(bigEndianBytes: $0) }
+    }
+
+    private func saveCounters(_ txn: borrowing LMDBTransaction) throws(StorageError) {
+        try txn.put(t.meta, Array("next_id".utf8), nextID.bigEndianBytes)
+        try txn.put(t.meta, Array("next_seq".utf8), nextSeq.bigEndianBytes)
+    }
+
+    // MARK: Batches
+
+    /// Applies `ops` in one write transaction, in order, and commits it (without sync).
+    /// An operation that fails on its own (say, an unknown id) fails alone; a failing
+    /// commit fails them all. When the map is full it grows and the batch runs again;
+    /// at the ceiling, operations that add data fail with `storageFull` and the rest run.
+    func apply(_ ops: [StoreOperation]) -> [Result<StoreOutcome, StorageError>] {
+        // Past the ceiling (in the reserve), only changes that add nothing run.
+        var full = false
+        if env.mapSize > env.maxMapSize {
+            let free = (try? env.freeBytes()) ?? 0
+            full = env.usedBytes - free >= env.maxMapSize - env.reserve / 4
+        }
+        while true {
+            let now = currentMillis()
+            var results: [Result<StoreOutcome, StorageError>] = []
+            results.reserveCapacity(ops.count)
+            do throws(StorageError) {
+                try env.withWriteTransaction { (txn) throws(StorageError) in
+                    for op in ops {
+                        if full && op.adds {
+                            results.append(.failure(StorageError(.storageFull, "storage full: the store reached its maximum size (\(env.maxMapSize >> 20) MiB); the change was not applied")))
+                            continue
+                        }
+                        do throws(StorageError) {
+                            results.append(.success(try apply(op, now: now, txn)))
+                        } catch where error.code == .notFound {
+                            results.append(.failure(error))
+                        }
+                    }
+                    try saveCounters(txn)
+                }
+                return results
+            } catch where error.code == .storageFull {
+                do throws(StorageError) {
+                    if !full {
+                        if try !env.grow() { full = true }
+                    } else if try !env.grow(limit: env.maxMapSize + env.reserve) {
+                        return ops.map { _ in .failure(error) }
+                    }
+                } catch {
+                    return ops.map { _ in .failure(error) }
+                }
+            } catch {
+                return ops.map { _ in .failure(error) }
+            }
+        }
+    }
+
+    private func apply(_ op: StoreOperation, now: Millis, _ txn: borrowing LMDBTransaction) throws(StorageError) -> StoreOutcome {
+        switch op {
+        case let .put(queue, payload):
+            let id = nextID
+            nextID += 1
+            let seq = nextSeq
+            nextSeq += 1
+            let rec = TaskRecord(state: .ready, deliveries: 0, replays: 0, seq: seq, readyAt: 0, queue: queue, payload: payload)
+            try txn.put(t.tasks, StoreTables.taskKey(id), rec.encoded())
+            try txn.put(t.ready, StoreTables.readyKey(queue, seq), id.bigEndianBytes)
+            try adjust(queue, txn) { $0.ready += 1 }
+            return .put(id)
+        case let .take(queue):
+            return .taken(try take(queue, txn))
+        case let .ack(id):
+            let rec = try inflight(id, txn)
+            try txn.delete(t.inflight, StoreTables.taskKey(id))
+            try txn.delete(t.tasks, StoreTables.taskKey(id))
+            try adjust(rec.queue, txn) { $0.inflight -= 1 }
+            return .acked
+        case let .nack(id, error):
+            let rec = try inflight(id, txn)
+            try txn.delete(t.inflight, StoreTables.taskKey(id))
+            try fail(id, rec, error: error, now: now, txn)
+            try adjust(rec.queue, txn) { $0.inflight -= 1; $0.failed += 1 }
+            return .failed(queue: rec.queue)
+        case let .requeue(id, readyAt):
+            return .returned(try giveBack(id, readyAt: readyAt, now: now, txn))
+        case let .release(id):
+            return .returned(try giveBack(id, readyAt: nil, now: now, txn))
+        case .promoteDue:
+            return .promoted(try promote(now: now, txn))
+        case let .replay(query):
+            var perQueue: [String: Int] = [:]
+            for id in try index.ids(query, txn) {
+                guard let f = try index.load(id, txn) else { continue }
+                try index.remove(f, txn)
+                let seq = nextSeq
+                nextSeq += 1
+                let rec = TaskRecord(state: .ready, deliveries: 0, replays: UInt32(clamping: f.replays + 1), seq: seq, readyAt: 0, queue: f.queue, payload: f.payload)
+                try txn.put(t.tasks, StoreTables.taskKey(id), rec.encoded())
+                try txn.put(t.ready, StoreTables.readyKey(f.queue, seq), id.bigEndianBytes)
+                perQueue[f.queue, default: 0] += 1
+            }
+            for (q, n) in perQueue { try adjust(q, txn) { $0.failed -= n; $0.ready += n } }
+            return .replayed(perQueue)
+        case let .delete(query):
+            let n = try removeFailures(index.ids(query, txn), txn)
+            return .deleted(n)
+        case let .prune(olderThan, limit):
+            var ids: [TaskID] = []
+            try txn.withCursor(t.byTime) { (c) throws(StorageError) in
+                var e = try c.last()
+                while let entry = e, ids.count < limit {
+                    let (at, id) = StoreTables.decodePosting(entry.key)
+                    if at >= olderThan { break }
+                    ids.append(id)
+                    e = try c.previous()
+                }
+            }
+            let n = try removeFailures(ids, txn)
+            if n > 0 {
+                let pruned = try metaNumber("pruned", txn) ?? 0
+                try txn.put(t.meta, Array("pruned".utf8), (pruned + UInt64(n)).bigEndianBytes)
+            }
+            return .pruned(n)
+        }
+    }
+
+    private func removeFailures(_ ids: [TaskID], _ txn: borrowing LMDBTransaction) throws(StorageError) -> Int {
+        var perQueue: [String: Int] = [:]
+        for id in ids {
+            guard let f = try index.load(id, txn) else { continue }
+            try index.remove(f, txn)
+            perQueue[f.queue, default: 0] += 1
+        }
+        for (q, n) in perQueue { try adjust(q, txn) { $0.failed -= n } }
+        return perQueue.values.reduce(0, +)
+    }
+
+    private func take(_ queue: String, _ txn: borrowing LMDBTransaction) throws(StorageError) -> DeliveredTask? {
+        let prefix = StoreTables.queuePrefix(queue)
+        let id: TaskID? = try txn.withCursor(t.ready) { (c) throws(StorageError) -> TaskID? in
+            guard let e = try c.seek(atOrAfter: prefix), e.key.starts(with: prefix) else { return nil }
+            try c.deleteCurrent()
+            return UInt64(bigEndianBytes: e.value)
+        }
+        guard let id else { return nil }
+        guard let bytes = try txn.get(t.tasks, StoreTables.taskKey(id)) else {
+            throw StorageError(.corrupt, "ready task \(id) has no record")
+        }
+        var rec = try TaskRecord(decoding: bytes)
+        rec.state = .inflight
+        rec.deliveries += 1
+        try txn.put(t.tasks, StoreTables.taskKey(id), rec.encoded())
+        try txn.put(t.inflight, StoreTables.taskKey(id), [])
+        try adjust(queue, txn) { $0.ready -= 1; $0.inflight += 1 }
+        return DeliveredTask(id: id, queue: queue, payload: rec.payload, delivery: Int(rec.deliveries))
+    }
+
+    private func inflight(_ id: TaskID, _ txn: borrowing LMDBTransaction) throws(StorageError) -> TaskRecord {
+        guard let bytes = try txn.get(t.tasks, StoreTables.taskKey(id)) else {
+            throw StorageError(.notFound, "task \(id) is not in flight")
+        }
+        let rec = try TaskRecord(decoding: bytes)
+        guard rec.state == .inflight else { throw StorageError(.notFound, "task \(id) is not in flight") }
+        return rec
+    }
+
+    private func fail(_ id: TaskID, _ rec: TaskRecord, error: String, now: Millis, _ txn: borrowing LMDBTransaction) throws(StorageError) {
+        try txn.delete(t.tasks, StoreTables.taskKey(id))
+        let f = FailedTask(id: id, queue: rec.queue, error: error, group: ErrorFingerprint.group(of: error),
+                           deliveries: Int(rec.deliveries), replays: Int(rec.replays), failedAt: now, payload: rec.payload)
+        try index.add(f, txn)
+    }
+
+    /// Returns an in-flight task: to the front of its queue, to the delayed set, or, past
+    /// the delivery limit, to the failed store.
+    private func giveBack(_ id: TaskID, readyAt: Millis?, now: Millis, _ txn: borrowing LMDBTransaction) throws(StorageError) -> ReturnedTo {
+        var rec = try inflight(id, txn)
+        try txn.delete(t.inflight, StoreTables.taskKey(id))
+        if maxDeliveries > 0 && rec.deliveries >= maxDeliveries {
+            try fail(id, rec, error: "delivery limit exceeded (\(rec.deliveries) deliveries)", now: now, txn)
+            try adjust(rec.queue, txn) { $0.inflight -= 1; $0.failed += 1 }
+            return .failed(queue: rec.queue)
+        }
+        if let readyAt, readyAt > now {
+            rec.state = .delayed
+            rec.readyAt = readyAt
+            try txn.put(t.tasks, StoreTables.taskKey(id), rec.encoded())
+            try txn.put(t.delayed, StoreTables.delayedKey(readyAt, id), [])
+            try adjust(rec.queue, txn) { $0.inflight -= 1; $0.delayed += 1 }
+            return .delayed(queue: rec.queue)
+        }
+        rec.state = .ready
+        try txn.put(t.tasks, StoreTables.taskKey(id), rec.encoded())
+        try txn.put(t.ready, StoreTables.readyKey(rec.queue, rec.seq), id.bigEndianBytes)
+        try adjust(rec.queue, txn) { $0.inflight -= 1; $0.ready += 1 }
+        return .ready(queue: rec.queue)
+    }
+
+    private func promote(now: Millis, _ txn: borrowing LMDBTransaction) throws(StorageError) -> [String: Int] {
+        var due: [TaskID] = []
+        try txn.withCursor(t.delayed) { (c) throws(StorageError) in
+            var e = try c.first()
+            while let entry = e, due.count < 10_000 {
+                var r = ByteReader(entry.key)
+                let at = try r.i64()
+                if at > now { break }
+                due.append(try r.u64())
+                try c.deleteCurrent()
+                e = try c.first()
+            }
+        }
+        var perQueue: [String: Int] = [:]
+        for id in due {
+            guard let bytes = try txn.get(t.tasks, StoreTables.taskKey(id)) else { continue }
+            var rec = try TaskRecord(decoding: bytes)
+            rec.state = .ready
+            rec.readyAt = 0
+            try txn.put(t.tasks, StoreTables.taskKey(id), rec.encoded())
+            try txn.put(t.ready, StoreTables.readyKey(rec.queue, rec.seq), id.bigEndianBytes)
+            perQueue[rec.queue, default: 0] += 1
+        }
+        for (q, n) in perQueue { try adjust(q, txn) { $0.delayed -= n; $0.ready += n } }
+        return perQueue
+    }
+
+    private func adjust(_ queue: String, _ txn: borrowing LMDBTransaction, _ change: (inout QueueCounts) -> Void) throws(StorageError) {
+        let key = Array(queue.utf8)
+        var counts = try txn.get(t.queues, key).map { (b) throws(StorageError) in try QueueCounts(decoding: b) } ?? QueueCounts()
+        change(&counts)
+        if counts.isEmpty { try txn.delete(t.queues, key) } else { try txn.put(t.queues, key, counts.encoded()) }
+    }
+
+    // MARK: Recovery
+
+    /// Returns every in-flight task to the front of its queue (or, past the delivery
+    /// limit, to the failed store). Run once at open, before anything else.
+    func recover() throws(StorageError) -> Int {
+        let ids: [TaskID] = try env.withReadTransaction { (txn) throws(StorageError) in
+            var ids: [TaskID] = []
+            try txn.withCursor(t.inflight) { (c) throws(StorageError) in
+                var e = try c.first()
+                while let entry = e { ids.append(UInt64(bigEndianBytes: entry.key)); e = try c.next() }
+            }
+            return ids
+        }
+        guard !ids.isEmpty else { return 0 }
+        for chunk in stride(from: 0, to: ids.count, by: 10_000) {
+            let ops = ids[chunk..<min(ids.count, chunk + 10_000)].map { StoreOperation.release($0) }
+            for r in apply(ops) { if case .failure(let e) = r, e.code != .notFound { throw e } }
+        }
+        try env.sync()
+        return ids.count
+    }
+
+    // MARK: Reads
+
+    func read<R>(_ body: (borrowing LMDBTransaction) throws(StorageError) -> R) throws(StorageError) -> R {
+        try env.withReadTransaction(body)
+    }
+
+    func counts() throws(StorageError) -> [String: QueueCounts] {
+        try read { (txn) throws(StorageError) in
+            var out: [String: QueueCounts] = [:]
+            try txn.withCursor(t.queues) { (c) throws(StorageError) in
+                var e = try c.first()
+                while let entry = e {
+                    out[String(decoding: entry.key, as: UTF8.self)] = try QueueCounts(decoding: entry.value)
+                    e = try c.next()
+                }
+            }
+            return out
+        }
+    }
+
+    func pruned() throws(StorageError) -> Int {
+        try read { (txn) throws(StorageError) in Int(try metaNumber("pruned", txn) ?? 0) }
+    }
+
+    func nextDelayedDue() throws(StorageError) -> Millis? {
+        try read { (txn) throws(StorageError) in
+            try txn.withCursor(t.delayed) { (c) throws(StorageError) -> Millis? in
+                guard let e = try c.first() else { return nil }
+                var r = ByteReader(e.key)
+                return try r.i64()
+            }
+        }
+    }
+}

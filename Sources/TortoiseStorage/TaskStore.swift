@@ -1,0 +1,231 @@
+import Foundation
+
+/// The durable task store: every queue, in-flight task and failure of a broker, in one
+/// LMDB environment in a data directory.
+///
+/// Changes go through ``submit(_:completion:)``. One writer thread applies all the
+/// changes waiting at that moment in one write transaction (group commit); a second
+/// thread then flushes them to disk with one `fdatasync` and only then completes the
+/// durable ones. While it flushes, the writer already applies the next batch, so a change
+/// that need not be durable (taking a task for delivery) never waits for a flush. Callers
+/// are completed on those threads: hop to your own executor before touching your state.
+public final class TaskStore: @unchecked Sendable {
+    /// How to open a store.
+    public struct Configuration: Sendable {
+        /// The data directory; created when missing.
+        public var directory: String
+        /// Starting size of the memory map.
+        public var initialMapSize: Int = 64 << 20
+        /// The most the store may grow to; past it, writes fail with `storageFull`.
+        public var maxMapSize: Int = 256 << 30
+        /// A task delivered this many times that comes back without ACK or NACK goes to
+        /// the failed store (0: no limit).
+        public var maxDeliveries: Int = 10
+
+        /// A configuration for `directory` with the defaults.
+        public init(directory: String) { self.directory = directory }
+    }
+
+    /// A completion: the outcome of one operation.
+    public typealias Completion = @Sendable (Result<StoreOutcome, StorageError>) -> Void
+
+    private struct Pending {
+        var op: StoreOperation
+        var completion: Completion
+    }
+
+    private let engine: StoreEngine
+    private let writerCondition = NSCondition()
+    private var pending: [Pending] = []
+    private var closing = false
+    private var writerDone = false
+    private let syncCondition = NSCondition()
+    private var toSync: [(Completion, StoreOutcome)] = []
+    private var syncerStop = false
+    private var syncerDone = false
+    /// How many tasks were returned from in flight at open.
+    public let recoveredAtOpen: Int
+    /// How many flushes the store has done (for tests and figures).
+    public var syncCount: Int { syncCondition.lock(); defer { syncCondition.unlock() }; return syncs }
+    private var syncs = 0
+
+    /// Opens the store in `configuration.directory`, returning every task that was in
+    /// flight to the front of its queue.
+    public init(_ configuration: Configuration) throws(StorageError) {
+        var options = LMDBEnvironment.Options()
+        options.initialMapSize = configuration.initialMapSize
+        options.maxMapSize = configuration.maxMapSize
+        engine = try StoreEngine(directory: configuration.directory, options: options, maxDeliveries: configuration.maxDeliveries)
+        recoveredAtOpen = try engine.recover()
+        let writer = Thread { [unowned self] in self.writerLoop() }
+        writer.name = "tortoise-writer"
+        writer.start()
+        let syncer = Thread { [unowned self] in self.syncLoop() }
+        syncer.name = "tortoise-sync"
+        syncer.start()
+    }
+
+    /// Submits a change. `completion` runs once it is applied, and, for a durable
+    /// operation (see ``StoreOperation/isDurable``), once it is on disk.
+    public func submit(_ op: StoreOperation, completion: @escaping Completion) {
+        writerCondition.lock()
+        if closing {
+            writerCondition.unlock()
+            completion(.failure(StorageError(.closed, "the store is closed")))
+            return
+        }
+        pending.append(Pending(op: op, completion: completion))
+        if pending.count == 1 { writerCondition.signal() }
+        writerCondition.unlock()
+    }
+
+    /// Submits a change and waits for its completion.
+    public func perform(_ op: StoreOperation) async throws(StorageError) -> StoreOutcome {
+        let result: Result<StoreOutcome, StorageError> = await withCheckedContinuation { cont in
+            submit(op) { cont.resume(returning: $0) }
+        }
+        return try result.get()
+    }
+
+    /// Finishes every submitted change, flushes, and stops the threads. Later submissions
+    /// fail with `closed`. Blocks; call it off any event loop.
+    public func close() {
+        writerCondition.lock()
+        closing = true
+        writerCondition.signal()
+        while !writerDone { writerCondition.wait() }
+        writerCondition.unlock()
+        syncCondition.lock()
+        syncerStop = true
+        syncCondition.signal()
+        while !syncerDone { syncCondition.wait() }
+        syncCondition.unlock()
+        engine.shutDown()
+    }
+
+    private func writerLoop() {
+        while true {
+            writerCondition.lock()
+            while pending.isEmpty && !closing { writerCondition.wait() }
+            if pending.isEmpty && closing {
+                writerDone = true
+                writerCondition.broadcast()
+                writerCondition.unlock()
+                return
+            }
+            let batch = pending
+            pending = []
+            writerCondition.unlock()
+
+            let results = engine.apply(batch.map(\.op))
+            var durable: [(Completion, StoreOutcome)] = []
+            for (item, result) in zip(batch, results) {
+                if item.op.isDurable, case .success(let outcome) = result {
+                    durable.append((item.completion, outcome))
+                } else {
+                    item.completion(result)
+                }
+            }
+            if !durable.isEmpty {
+                syncCondition.lock()
+                toSync.append(contentsOf: durable)
+                syncCondition.signal()
+                syncCondition.unlock()
+            }
+        }
+    }
+
+    private func syncLoop() {
+        while true {
+            syncCondition.lock()
+            while toSync.isEmpty && !syncerStop { syncCondition.wait() }
+            if toSync.isEmpty && syncerStop {
+                syncerDone = true
+                syncCondition.broadcast()
+                syncCondition.unlock()
+                return
+            }
+            let batch = toSync
+            toSync = []
+            syncCondition.unlock()
+            let result: Result<Void, StorageError>
+            do throws(StorageError) {
+                try engine.env.sync()
+                result = .success(())
+            } catch {
+                result = .failure(StorageError(.io, "the change was written but flushing it to disk failed: \(error.message)"))
+            }
+            syncCondition.lock()
+            syncs += 1
+            syncCondition.unlock()
+            for (completion, outcome) in batch {
+                switch result {
+                case .success: completion(.success(outcome))
+                case .failure(let e): completion(.failure(e))
+                }
+            }
+        }
+    }
+
+    // MARK: Reads (any thread; each in its own read transaction)
+
+    /// The counts of every queue that holds anything.
+    public func counts() throws(StorageError) -> [String: QueueCounts] { try engine.counts() }
+
+    /// How many failures retention has removed since the data directory was created.
+    public func prunedCount() throws(StorageError) -> Int { try engine.pruned() }
+
+    /// When the soonest delayed task becomes ready, if any waits.
+    public func nextDelayedDue() throws(StorageError) -> Millis? { try engine.nextDelayedDue() }
+
+    /// The newest `limit` failures matching `query`, and how many match in all.
+    public func failed(_ query: FailedQuery, limit: Int) throws(StorageError) -> FailedPage {
+        try engine.read { (txn) throws(StorageError) in try engine.index.search(query, limit: limit, txn) }
+    }
+
+    /// The error groups of the failures matching `query`, most frequent first.
+    public func errorGroups(_ query: FailedQuery, limit: Int) throws(StorageError) -> [ErrorGroup] {
+        try engine.read { (txn) throws(StorageError) in try engine.index.groups(query, limit: limit, txn) }
+    }
+
+    /// Every failure, for checks: the brute-force view the indexes must agree with.
+    public func allFailures() throws(StorageError) -> [FailedTask] {
+        try engine.read { (txn) throws(StorageError) in
+            var out: [FailedTask] = []
+            try txn.withCursor(engine.t.failed) { (c) throws(StorageError) in
+                var e = try c.first()
+                while let entry = e {
+                    out.append(try FailedTask(id: UInt64(bigEndianBytes: entry.key), decoding: entry.value))
+                    e = try c.next()
+                }
+            }
+            return out
+        }
+    }
+
+    /// The ids of the ready tasks of `queue`, front first (for checks and tools).
+    public func readyIDs(_ queue: String, limit: Int = .max) throws(StorageError) -> [TaskID] {
+        try engine.read { (txn) throws(StorageError) in
+            var out: [TaskID] = []
+            let prefix = StoreTables.queuePrefix(queue)
+            try txn.withCursor(engine.t.ready) { (c) throws(StorageError) in
+                var e = try c.seek(atOrAfter: prefix)
+                while let entry = e, entry.key.starts(with: prefix), out.count < limit {
+                    out.append(UInt64(bigEndianBytes: entry.value))
+                    e = try c.next()
+                }
+            }
+            return out
+        }
+    }
+
+    /// Bytes the store's file takes and how many failures it holds, for size figures.
+    public func sizeFigures() throws(StorageError) -> (indexPages: Int, failedPages: Int, failures: Int, pageSize: Int) {
+        try engine.read { (txn) throws(StorageError) in
+            let t = engine.t
+            var idx = 0
+            for db in [t.byTime, t.byWord, t.byQueue, t.byGroup, t.groupQueues] { idx += try txn.pages(db) }
+            return (idx, try txn.pages(t.failed), try txn.count(t.failed), 4096)
+        }
+    }
+}

@@ -1,0 +1,225 @@
+import Foundation
+import Testing
+@testable import TortoiseStorage
+
+@Suite struct TaskStoreTests {
+    @Test func putTakeIsFIFOPerQueue() async throws {
+        let store = try openStore(freshDirectory())
+        defer { store.close() }
+        for i in 1...5 { _ = try await store.put("a", "a\(i)") }
+        _ = try await store.put("b", "b1")
+        var seen: [String] = []
+        while let t = try await store.takeText("a") { seen.append(t) }
+        #expect(seen == ["a1", "a2", "a3", "a4", "a5"])
+        #expect(try await store.takeText("b") == "b1")
+        #expect(try await store.takeText("b") == nil)
+        #expect(try store.counts()["a"] == QueueCounts(ready: 0, inflight: 5))
+    }
+
+    @Test func deliveryCountsUpAndAckRemoves() async throws {
+        let store = try openStore(freshDirectory())
+        defer { store.close() }
+        let id = try await store.put("q", "x")
+        let first = try #require(try await store.take("q"))
+        #expect(first.id == id && first.delivery == 1)
+        _ = try await store.perform(.requeue(id, readyAt: nil))
+        let second = try #require(try await store.take("q"))
+        #expect(second.delivery == 2)
+        #expect(try await store.perform(.ack(id)) == .acked)
+        #expect(try store.counts()["q"] == nil)
+        await #expect(throws: StorageError.self) { try await store.perform(.ack(id)) }
+    }
+
+    @Test func returnedTasksGoBackToTheirPlaceAtTheFront() async throws {
+        let store = try openStore(freshDirectory())
+        defer { store.close() }
+        for i in 1...4 { _ = try await store.put("q", "t\(i)") }
+        let t1 = try #require(try await store.take("q"))
+        let t2 = try #require(try await store.take("q"))
+        _ = try await store.perform(.release(t2.id))
+        _ = try await store.perform(.requeue(t1.id, readyAt: nil))
+        var seen: [String] = []
+        while let t = try await store.takeText("q") { seen.append(t) }
+        #expect(seen == ["t1", "t2", "t3", "t4"])
+    }
+
+    @Test func nackMovesToTheFailedStoreWithItsError() async throws {
+        let store = try openStore(freshDirectory())
+        defer { store.close() }
+        let id = try await store.put("mail", "to: bob")
+        _ = try await store.take("mail")
+        #expect(try await store.perform(.nack(id, error: "SMTP timeout after 30s")) == .failed(queue: "mail"))
+        let page = try store.failed(FailedQuery(), limit: 10)
+        #expect(page.total == 1)
+        let f = try #require(page.tasks.first)
+        #expect(f.id == id && f.queue == "mail" && f.error == "SMTP timeout after 30s" && f.deliveries == 1)
+        #expect(f.payload == Array("to: bob".utf8))
+        #expect(f.group == ErrorFingerprint.group(of: "SMTP timeout after 99s"))
+        #expect(try store.counts()["mail"] == QueueCounts(failed: 1))
+    }
+
+    @Test func replayKeepsTheIdGoesToTheBackAndCounts() async throws {
+        let store = try openStore(freshDirectory())
+        defer { store.close() }
+        let id = try await store.put("q", "first")
+        _ = try await store.take("q")
+        _ = try await store.perform(.nack(id, error: "boom"))
+        _ = try await store.put("q", "second")
+        var all = FailedQuery()
+        all.words = ["boom"]
+        #expect(try await store.perform(.replay(all)) == .replayed(["q": 1]))
+        #expect(try store.failed(FailedQuery(), limit: 10).total == 0)
+        #expect(try await store.takeText("q") == "second")
+        let again = try #require(try await store.take("q"))
+        #expect(again.id == id && again.delivery == 1)
+        _ = try await store.perform(.nack(id, error: "boom"))
+        #expect(try store.failed(FailedQuery(), limit: 1).tasks.first?.replays == 1)
+    }
+
+    @Test func deleteRemovesOnlyMatches() async throws {
+        let store = try openStore(freshDirectory())
+        defer { store.close() }
+        for (i, err) in ["disk full", "timeout", "disk error"].enumerated() {
+            let id = try await store.put("q\(i)", "p")
+            _ = try await store.take("q\(i)")
+            _ = try await store.perform(.nack(id, error: err))
+        }
+        var q = FailedQuery()
+        q.words = ["disk"]
+        #expect(try await store.perform(.delete(q)) == .deleted(2))
+        #expect(try store.failed(FailedQuery(), limit: 10).tasks.map(\.error) == ["timeout"])
+        #expect(try store.counts().keys.sorted() == ["q1"])
+    }
+
+    @Test func delayedRequeueWaitsThenComesBackAtTheFront() async throws {
+        let store = try openStore(freshDirectory())
+        defer { store.close() }
+        let id = try await store.put("q", "late")
+        _ = try await store.put("q", "next")
+        _ = try await store.take("q")
+        let at = currentMillis() + 300
+        #expect(try await store.perform(.requeue(id, readyAt: at)) == .returned(.delayed(queue: "q")))
+        #expect(try store.counts()["q"] == QueueCounts(ready: 1, delayed: 1))
+        #expect(try store.nextDelayedDue() == at)
+        #expect(try await store.perform(.promoteDue) == .promoted([:]))
+        try await Task.sleep(for: .milliseconds(350))
+        #expect(try await store.perform(.promoteDue) == .promoted(["q": 1]))
+        #expect(try await store.takeText("q") == "late")
+    }
+
+    @Test func deliveryLimitMovesTheTaskToFailed() async throws {
+        let store = try openStore(freshDirectory(), maxDeliveries: 2)
+        defer { store.close() }
+        let id = try await store.put("q", "poison")
+        _ = try await store.take("q")
+        #expect(try await store.perform(.release(id)) == .returned(.ready(queue: "q")))
+        _ = try await store.take("q")
+        #expect(try await store.perform(.release(id)) == .returned(.failed(queue: "q")))
+        let f = try #require(try store.failed(FailedQuery(), limit: 1).tasks.first)
+        #expect(f.error == "delivery limit exceeded (2 deliveries)")
+    }
+
+    @Test func reopenReturnsInflightToTheFrontAndNeverReusesIds() async throws {
+        let dir = freshDirectory()
+        var store = try openStore(dir)
+        let a = try await store.put("q", "a")
+        let b = try await store.put("q", "b")
+        _ = try await store.put("q", "c")
+        _ = try await store.take("q")
+        _ = try await store.take("q")
+        _ = try await store.perform(.ack(b))
+        store.close()
+        store = try openStore(dir)
+        defer { store.close() }
+        #expect(store.recoveredAtOpen == 1)
+        let again = try #require(try await store.take("q"))
+        #expect(again.id == a && again.delivery == 2)
+        #expect(try await store.takeText("q") == "c")
+        let d = try await store.put("q", "d")
+        #expect(d == 4)
+    }
+
+    @Test func delayedRequeueSurvivesReopen() async throws {
+        let dir = freshDirectory()
+        var store = try openStore(dir)
+        let id = try await store.put("q", "x")
+        _ = try await store.take("q")
+        _ = try await store.perform(.requeue(id, readyAt: currentMillis() + 60_000))
+        store.close()
+        store = try openStore(dir)
+        defer { store.close() }
+        #expect(try store.counts()["q"] == QueueCounts(delayed: 1))
+        #expect(try await store.take("q") == nil)
+    }
+
+    @Test func aSecondOpenOfTheSameDirectoryFails() throws {
+        let dir = freshDirectory()
+        let store = try openStore(dir)
+        defer { store.close() }
+        #expect {
+            _ = try openStore(dir)
+        } throws: { e in
+            guard let e = e as? StorageError else { return false }
+            return e.code == .locked && e.message.contains(dir)
+        }
+    }
+
+    @Test func aNewerFormatIsRefused() throws {
+        let dir = freshDirectory()
+        do {
+            let engine = try StoreEngine(directory: dir, options: .init(), maxDeliveries: 10)
+            try engine.env.withWriteTransaction { (txn) throws(StorageError) in
+                try txn.put(engine.t.meta, Array("format".utf8), [0, 0, 0, 9])
+            }
+        }
+        #expect {
+            _ = try openStore(dir)
+        } throws: { e in
+            (e as? StorageError)?.code == .formatTooNew
+        }
+    }
+
+    @Test func theMapGrowsAndThenSaysFullWithoutHarm() async throws {
+        let store = try openStore(freshDirectory(), initialMapSize: 256 << 10, maxMapSize: 4 << 20)
+        defer { store.close() }
+        let payload = String(repeating: "x", count: 16 << 10)
+        var stored: [TaskID] = []
+        var fullError: StorageError?
+        for _ in 0..<1000 {
+            do {
+                stored.append(try await store.put("q", payload))
+            } catch let e as StorageError {
+                fullError = e
+                break
+            }
+        }
+        let e = try #require(fullError)
+        #expect(e.code == .storageFull)
+        #expect(e.message.contains("storage full"))
+        #expect(stored.count > 20) // grew past the 256 KiB start
+        #expect(try store.counts()["q"]?.ready == stored.count)
+        // Acks still work when full, and make room for puts again.
+        for _ in 0..<40 {
+            let t = try #require(try await store.take("q"))
+            _ = try await store.perform(.ack(t.id))
+        }
+        _ = try await store.put("q", payload)
+    }
+
+    @Test func groupCommitSharesFlushesAmongConcurrentCallers() async throws {
+        let store = try openStore(freshDirectory())
+        defer { store.close() }
+        let before = store.syncCount
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for c in 0..<64 {
+                group.addTask {
+                    for i in 0..<10 { _ = try await store.put("q\(c % 4)", "\(c)-\(i)") }
+                }
+            }
+            try await group.waitForAll()
+        }
+        let flushes = store.syncCount - before
+        #expect(try store.counts().values.map(\.ready).reduce(0, +) == 640)
+        #expect(flushes < 320, "640 puts from 64 callers took \(flushes) flushes")
+    }
+}

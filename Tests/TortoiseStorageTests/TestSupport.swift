@@ -1,0 +1,34 @@
+import Foundation
+import TortoiseStorage
+
+/// A fresh data directory under the system's temporary folder.
+func freshDirectory(_ name: String = #function) -> String {
+    let base = FileManager.default.temporaryDirectory.appendingPathComponent("tortoise-tests")
+    let dir = base.appendingPathComponent("\(name.filter { $0.isLetter || $0.isNumber })-\(UUID().uuidString.prefix(8))").path
+    try? FileManager.default.createDirectory(atPath: base.path, withIntermediateDirectories: true)
+    return dir
+}
+
+func openStore(_ dir: String, maxDeliveries: Int = 10, initialMapSize: Int = 1 << 20, maxMapSize: Int = 1 << 30) throws -> TaskStore {
+    var c = TaskStore.Configuration(directory: dir)
+    c.maxDeliveries = maxDeliveries
+    c.initialMapSize = initialMapSize
+    c.maxMapSize = maxMapSize
+    return try TaskStore(c)
+}
+
+extension TaskStore {
+    func put(_ queue: String, _ payload: String) async throws -> TaskID {
+        guard case .put(let id) = try await perform(.put(queue: queue, payload: Array(payload.utf8))) else { fatalError() }
+        return id
+    }
+
+    func take(_ queue: String) async throws -> DeliveredTask? {
+        guard case .taken(let t) = try await perform(.take(queue: queue)) else { fatalError() }
+        return t
+    }
+
+    func takeText(_ queue: String) async throws -> String? {
+        try await take(queue).map { String(decoding: $0.payload, as: UTF8.self) }
+    }
+}

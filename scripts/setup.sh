@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Installs what building TortoiseMQ needs on a fresh Debian machine: the LMDB library
+# (Debian's liblmdb-dev) and pkg-config. Swift itself must already be on the PATH.
+set -euo pipefail
+missing=()
+dpkg -s liblmdb-dev >/dev/null 2>&1 || missing+=(liblmdb-dev)
+command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+if [ ${#missing[@]} -gt 0 ]; then
+    sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+command -v swift >/dev/null 2>&1 || { echo "swift is not on the PATH: install the Swift 6 toolchain first" >&2; exit 1; }
