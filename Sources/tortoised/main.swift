@@ -1,1 +1,120 @@
-print("tortoised: not yet")
+import ArgumentParser
+import Foundation
+import Logging
+import TortoiseProtocol
+import TortoiseServer
+import TortoiseStorage
+
+/// `tortoised`: the broker.
+@main
+struct Tortoised: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "tortoised",
+        abstract: "The TortoiseMQ broker: durable work queues and a searchable failed-task store.",
+        discussion: """
+            Listens on HOST:PORT and prints `tortoised listening on HOST:PORT` once it accepts
+            connections. SIGINT and SIGTERM stop it cleanly (held tasks go back to their
+            queues, pending commits finish) with exit status 0.
+
+            Examples:
+              tortoised --data ./tortoise-data
+              TORTOISE_TOKEN=s3cret tortoised --host 0.0.0.0 --port 7654 --failed-retention 30d
+            """
+    )
+
+    @Option(help: "The data directory (created if missing).")
+    var data = "./tortoise-data"
+
+    @Option(help: "The address to listen on.")
+    var host = Wire.defaultHost
+
+    @Option(help: "The port to listen on (0: any free port).")
+    var port = Wire.defaultPort
+
+    @Option(help: "Clients must AUTH with this token (default: $TORTOISE_TOKEN; none: no authentication).")
+    var token: String?
+
+    @Option(name: .customLong("max-body"), help: "The largest task or error body, in bytes.")
+    var maxBody = Wire.defaultMaxBody
+
+    @Option(name: .customLong("max-deliveries"), help: "Deliveries after which a returned task goes to the failed store (0: no limit).")
+    var maxDeliveries = 10
+
+    @Option(name: .customLong("ack-timeout"), help: "Seconds a worker may hold a task without ACK, NACK, REQUEUE or TOUCH (0: off).")
+    var ackTimeout = 1800
+
+    @Option(name: .customLong("failed-retention"), help: "Prune failures older than this (e.g. 30d, 12h; default: keep forever).")
+    var failedRetention: String?
+
+    @Option(name: .customLong("max-storage"), help: "The most the store may grow to, in MiB; past it PUT fails with 'storage full'.")
+    var maxStorage = 256 * 1024
+
+    @Option(name: .customLong("max-connections"), help: "The most client connections at once.")
+    var maxConnections = 10_000
+
+    func validate() throws {
+        guard (0...65535).contains(port) else { throw ValidationError("--port must be from 0 to 65535") }
+        guard maxBody > 0 && maxBody <= 1 << 30 else { throw ValidationError("--max-body must be from 1 to 1073741824 bytes") }
+        guard maxDeliveries >= 0 else { throw ValidationError("--max-deliveries must be 0 or more") }
+        guard ackTimeout >= 0 else { throw ValidationError("--ack-timeout must be 0 or more seconds") }
+        guard maxStorage >= 4 else { throw ValidationError("--max-storage must be at least 4 (MiB)") }
+        guard maxConnections > 0 else { throw ValidationError("--max-connections must be at least 1") }
+        if let r = failedRetention, WireTime.parseDuration(r) == nil {
+            throw ValidationError("--failed-retention '\(r)' is not a duration like 90s, 30m, 12h or 30d")
+        }
+    }
+
+    func run() async throws {
+        LoggingSystem.bootstrap { label in
+            var h = StreamLogHandler.standardError(label: label)
+            h.logLevel = .info
+            return h
+        }
+        let logger = Logger(label: "tortoised")
+        var config = ServerConfiguration()
+        config.dataDirectory = data
+        config.host = host
+        config.port = port
+        config.token = token ?? ProcessInfo.processInfo.environment["TORTOISE_TOKEN"].flatMap { $0.isEmpty ? nil : $0 }
+        config.maxBody = maxBody
+        config.maxDeliveries = maxDeliveries
+        config.ackTimeoutSeconds = ackTimeout
+        config.failedRetentionMillis = failedRetention.flatMap(WireTime.parseDuration)
+        config.maxStorageBytes = maxStorage << 20
+        config.maxConnections = maxConnections
+
+        // Signals arrive on a dispatch source, not as a default handler that kills us.
+        signal(SIGINT, SIG_IGN)
+        signal(SIGTERM, SIG_IGN)
+        signal(SIGPIPE, SIG_IGN)
+        let stop = AsyncStream<Int32>.makeStream()
+        let sources = [SIGINT, SIGTERM].map { sig in
+            let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            s.setEventHandler { stop.continuation.yield(sig) }
+            s.resume()
+            return s
+        }
+
+        let server: TortoiseServer
+        do {
+            server = try await TortoiseServer.start(config, logger: logger)
+        } catch let e as StorageError {
+            logger.critical("cannot open the data directory: \(e.message)")
+            throw ExitCode(1)
+        } catch {
+            logger.critical("cannot listen on \(host):\(port): \(error)")
+            throw ExitCode(1)
+        }
+        let bound = server.localAddress?.port ?? port
+        logger.info("data directory \(data); auth \(config.token == nil ? "off" : "on"); ack timeout \(ackTimeout)s; max deliveries \(maxDeliveries)")
+        FileHandle.standardOutput.write(Data("tortoised listening on \(host):\(bound)\n".utf8))
+
+        for await sig in stop.stream {
+            logger.info("got \(sig == SIGINT ? "SIGINT" : "SIGTERM"); shutting down")
+            break
+        }
+        await server.shutdown()
+        _ = sources
+        logger.info("stopped cleanly")
+    }
+}

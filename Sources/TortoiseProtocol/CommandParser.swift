@@ -1,0 +1,200 @@
+import NIOCore
+import TortoiseStorage
+
+/// The incremental parser of client commands: pure, no I/O. Feed it whatever bytes have
+/// arrived, in any split; each call to ``next(from:)`` returns one parsed command or
+/// error, or nil when it needs more bytes. After an error that closes the connection it
+/// returns nothing more.
+public struct CommandParser: Sendable {
+    /// The largest body accepted.
+    public let maxBody: Int
+    private var pending: PendingBody?
+    private var stopped = false
+
+    private struct PendingBody: Sendable {
+        var verb: String
+        var args: [String]
+        var length: Int
+        var deferred: ProtocolError?
+    }
+
+    /// A parser that accepts bodies of up to `maxBody` bytes.
+    public init(maxBody: Int = Wire.defaultMaxBody) {
+        self.maxBody = maxBody
+    }
+
+    /// The next command or error from `buffer`, consuming its bytes; nil when incomplete.
+    public mutating func next(from buffer: inout ByteBuffer) -> Result<Command, ProtocolError>? {
+        if stopped { return nil }
+        let result: Result<Command, ProtocolError>?
+        if let p = pending {
+            result = readBody(p, &buffer)
+        } else {
+            result = readLine(&buffer)
+        }
+        if case .failure(let e) = result, e.closes { stopped = true }
+        return result
+    }
+
+    private mutating func readLine(_ buffer: inout ByteBuffer) -> Result<Command, ProtocolError>? {
+        let view = buffer.readableBytesView
+        guard let nl = view.firstIndex(of: UInt8(ascii: "\n")) else {
+            if view.count >= Wire.maxLine {
+                return .failure(ProtocolError(.tooLarge, "line longer than \(Wire.maxLine) bytes"))
+            }
+            return nil
+        }
+        let length = nl - view.startIndex + 1
+        if length > Wire.maxLine {
+            return .failure(ProtocolError(.tooLarge, "line longer than \(Wire.maxLine) bytes"))
+        }
+        var bytes = buffer.readBytes(length: length)!
+        bytes.removeLast()
+        if bytes.last == UInt8(ascii: "\r") { bytes.removeLast() }
+        let line = String(decoding: bytes, as: UTF8.self)
+        let words = line.split(separator: " ", omittingEmptySubsequences: true).map(String.init)
+        guard let verb = words.first else {
+            return .failure(ProtocolError(.badCommand, "empty line: expected a command such as PING"))
+        }
+        return parse(verb: verb, args: Array(words.dropFirst()), &buffer)
+    }
+
+    private static let bodyArgs: [String: Int] = ["PUT": 2, "NACK": 2, "FAILED": 2, "REPLAY": 1, "DELETE": 1, "ERRORS": 2]
+    private static let lineArgs: [String: ClosedRange<Int>] = [
+        "PING": 0...0, "AUTH": 1...1, "SUB": 1...1, "ACK": 1...1, "REQUEUE": 1...2,
+        "TOUCH": 1...1, "STATS": 0...0, "QUIT": 0...0,
+    ]
+    private static let usage: [String: String] = [
+        "PING": "PING", "AUTH": "AUTH <token>", "PUT": "PUT <queue> <bytes>", "SUB": "SUB <queue>",
+        "ACK": "ACK <id>", "NACK": "NACK <id> <bytes>", "REQUEUE": "REQUEUE <id> [<delay_ms>]",
+        "TOUCH": "TOUCH <id>", "STATS": "STATS", "FAILED": "FAILED <limit> <bytes>",
+        "REPLAY": "REPLAY <bytes>", "DELETE": "DELETE <bytes>", "ERRORS": "ERRORS <limit> <bytes>", "QUIT": "QUIT",
+    ]
+
+    private mutating func parse(verb: String, args: [String], _ buffer: inout ByteBuffer) -> Result<Command, ProtocolError>? {
+        if let want = Self.bodyArgs[verb] {
+            // The last word is the body's size; read the body even when the rest is wrong,
+            // so that the next command starts where it should.
+            guard let last = args.last else {
+                return .failure(ProtocolError(.badCommand, "wrong number of words: expected \(Self.usage[verb]!)"))
+            }
+            guard let n = Self.number(last) else {
+                if args.count != want {
+                    return .failure(ProtocolError(.badCommand, "wrong number of words: expected \(Self.usage[verb]!)"))
+                }
+                return .failure(ProtocolError(.badArgument, "body size '\(Self.clip(last))' is not a number of bytes"))
+            }
+            if n > UInt64(maxBody) {
+                return .failure(ProtocolError(.tooLarge, "body of \(n) bytes is over the limit of \(maxBody) bytes"))
+            }
+            var deferred: ProtocolError?
+            if args.count != want {
+                deferred = ProtocolError(.badCommand, "wrong number of words: expected \(Self.usage[verb]!)")
+            }
+            pending = PendingBody(verb: verb, args: Array(args.dropLast()), length: Int(n), deferred: deferred)
+            return readBody(pending!, &buffer)
+        }
+        guard let range = Self.lineArgs[verb] else {
+            return .failure(ProtocolError(.badCommand, "unknown command '\(Self.clip(verb))'"))
+        }
+        guard range.contains(args.count) else {
+            return .failure(ProtocolError(.badCommand, "wrong number of words: expected \(Self.usage[verb]!)"))
+        }
+        switch verb {
+        case "PING": return .success(.ping)
+        case "STATS": return .success(.stats)
+        case "QUIT": return .success(.quit)
+        case "AUTH": return .success(.auth(args[0]))
+        case "SUB":
+            return Self.name(args[0]).map { .sub($0) }
+        case "ACK": return Self.id(args[0]).map { .ack($0) }
+        case "TOUCH": return Self.id(args[0]).map { .touch($0) }
+        case "REQUEUE":
+            return Self.id(args[0]).flatMap { id in
+                guard args.count == 2 else { return .success(.requeue(id, delayMillis: nil)) }
+                guard let d = Self.number(args[1]) else {
+                    return .failure(ProtocolError(.badArgument, "delay '\(Self.clip(args[1]))' is not a number of milliseconds"))
+                }
+                return .success(.requeue(id, delayMillis: d))
+            }
+        default:
+            return .failure(ProtocolError(.badCommand, "unknown command '\(Self.clip(verb))'"))
+        }
+    }
+
+    private mutating func readBody(_ p: PendingBody, _ buffer: inout ByteBuffer) -> Result<Command, ProtocolError>? {
+        guard buffer.readableBytes > p.length else { return nil }
+        let after = buffer.getInteger(at: buffer.readerIndex + p.length, as: UInt8.self)!
+        var terminator = 1
+        if after == UInt8(ascii: "\r") {
+            guard buffer.readableBytes >= p.length + 2 else { return nil }
+            guard buffer.getInteger(at: buffer.readerIndex + p.length + 1, as: UInt8.self) == UInt8(ascii: "\n") else {
+                return .failure(ProtocolError(.badArgument, "the \(p.length)-byte body is not followed by \\r\\n; closing, as framing is lost", closes: true))
+            }
+            terminator = 2
+        } else if after != UInt8(ascii: "\n") {
+            return .failure(ProtocolError(.badArgument, "the \(p.length)-byte body is not followed by \\r\\n; closing, as framing is lost", closes: true))
+        }
+        let body = buffer.readSlice(length: p.length)!
+        buffer.moveReaderIndex(forwardBy: terminator)
+        pending = nil
+        if let e = p.deferred { return .failure(e) }
+        return build(p, body)
+    }
+
+    private func build(_ p: PendingBody, _ body: ByteBuffer) -> Result<Command, ProtocolError> {
+        func text(_ what: String) -> Result<String, ProtocolError> {
+            guard let s = body.getString(at: body.readerIndex, length: body.readableBytes),
+                  s.utf8.elementsEqual(body.readableBytesView) else {
+                return .failure(ProtocolError(.badArgument, "\(what) is not valid UTF-8"))
+            }
+            return .success(s)
+        }
+        func limit(_ w: String) -> Result<Int, ProtocolError> {
+            guard let n = Self.number(w), n <= UInt64(Wire.maxLimit) else {
+                return .failure(ProtocolError(.badArgument, "limit '\(Self.clip(w))' is not a number from 0 to \(Wire.maxLimit)"))
+            }
+            return .success(Int(n))
+        }
+        switch p.verb {
+        case "PUT":
+            return Self.name(p.args[0]).map { .put(queue: $0, payload: body) }
+        case "NACK":
+            return Self.id(p.args[0]).map { .nack($0, error: String(decoding: body.readableBytesView, as: UTF8.self)) }
+        case "FAILED":
+            return limit(p.args[0]).flatMap { l in text("the query").map { .failed(limit: l, query: $0) } }
+        case "ERRORS":
+            return limit(p.args[0]).flatMap { l in text("the query").map { .errors(limit: l, query: $0) } }
+        case "REPLAY":
+            return text("the query").map { .replay(query: $0) }
+        default:
+            return text("the query").map { .delete(query: $0) }
+        }
+    }
+
+    static func number(_ w: String) -> UInt64? {
+        guard !w.isEmpty, w.utf8.count <= 20, w.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else { return nil }
+        return UInt64(w)
+    }
+
+    static func id(_ w: String) -> Result<TaskID, ProtocolError> {
+        guard let n = number(w) else { return .failure(ProtocolError(.badArgument, "id '\(clip(w))' is not a decimal number")) }
+        return .success(n)
+    }
+
+    static func name(_ w: String) -> Result<String, ProtocolError> {
+        guard Wire.isValidName(w) else {
+            return .failure(ProtocolError(.badArgument, "queue name '\(clip(w))' is not 1 to \(Wire.maxNameLength) of A-Z a-z 0-9 . _ - :"))
+        }
+        return .success(w)
+    }
+
+    /// A word cut short for an error message, with anything but printable ASCII escaped.
+    static func clip(_ w: String) -> String {
+        var out = ""
+        for s in w.unicodeScalars.prefix(40) {
+            if s.value >= 0x20 && s.value < 0x7F { out.unicodeScalars.append(s) } else { out += "\\u{\(String(s.value, radix: 16))}" }
+        }
+        return w.unicodeScalars.count > 40 ? out + "..." : out
+    }
+}

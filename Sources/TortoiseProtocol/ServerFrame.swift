@@ -1,0 +1,96 @@
+import NIOCore
+import TortoiseStorage
+
+/// A frame the server sends.
+public enum ServerFrame: Equatable, Sendable {
+    /// `OK[ <word>...]`
+    case ok([String])
+    /// `ERR <CODE> <text>`
+    case error(code: String, message: String)
+    /// `JSON <bytes>` + body
+    case json(ByteBuffer)
+    /// `MSG <id> <queue> <delivery> <bytes>` + body
+    case message(id: TaskID, queue: String, delivery: Int, payload: ByteBuffer)
+
+    /// Writes the frame as the server sends it.
+    public func write(to buffer: inout ByteBuffer) {
+        switch self {
+        case .ok(let words):
+            buffer.writeString(words.isEmpty ? "OK\r\n" : "OK \(words.joined(separator: " "))\r\n")
+        case let .error(code, message):
+            // A reply is one line: keep the text on it.
+            let text = message.replacingOccurrences(of: "\r", with: " ").replacingOccurrences(of: "\n", with: " ")
+            buffer.writeString("ERR \(code) \(text)\r\n")
+        case .json(let body):
+            var b = body
+            buffer.writeString("JSON \(b.readableBytes)\r\n")
+            buffer.writeBuffer(&b)
+            buffer.writeString("\r\n")
+        case let .message(id, queue, delivery, payload):
+            var p = payload
+            buffer.writeString("MSG \(id) \(queue) \(delivery) \(p.readableBytes)\r\n")
+            buffer.writeBuffer(&p)
+            buffer.writeString("\r\n")
+        }
+    }
+
+    /// An `ERR` frame for `error`.
+    public static func error(_ error: ProtocolError) -> ServerFrame {
+        .error(code: error.code.rawValue, message: error.message)
+    }
+}
+
+/// The client side's incremental parser of server frames: pure, no I/O.
+public struct ServerFrameParser: Sendable {
+    private var pendingHeader: [String]?
+    private var pendingLength = 0
+
+    /// A new parser.
+    public init() {}
+
+    /// A frame the server sent that the client cannot read.
+    public struct Malformed: Error, Equatable, Sendable {
+        /// What was wrong.
+        public var message: String
+    }
+
+    /// The next frame from `buffer`, or nil when incomplete.
+    public mutating func next(from buffer: inout ByteBuffer) throws(Malformed) -> ServerFrame? {
+        if pendingHeader == nil {
+            let view = buffer.readableBytesView
+            guard let nl = view.firstIndex(of: UInt8(ascii: "\n")) else {
+                if view.count > 64 * 1024 { throw Malformed(message: "server line too long") }
+                return nil
+            }
+            var bytes = buffer.readBytes(length: nl - view.startIndex + 1)!
+            bytes.removeLast()
+            if bytes.last == UInt8(ascii: "\r") { bytes.removeLast() }
+            let line = String(decoding: bytes, as: UTF8.self)
+            let words = line.split(separator: " ", omittingEmptySubsequences: false).map(String.init)
+            switch words.first {
+            case "OK":
+                return .ok(Array(words.dropFirst()))
+            case "ERR":
+                guard words.count >= 2 else { throw Malformed(message: "ERR without a code") }
+                return .error(code: words[1], message: words.dropFirst(2).joined(separator: " "))
+            case "JSON" where words.count == 2, "MSG" where words.count == 5:
+                guard let n = Int(words.last!), n >= 0 else { throw Malformed(message: "bad body size in '\(line.prefix(80))'") }
+                pendingHeader = words
+                pendingLength = n
+            default:
+                throw Malformed(message: "unexpected frame '\(line.prefix(80))'")
+            }
+        }
+        guard buffer.readableBytes >= pendingLength + 2 else { return nil }
+        let body = buffer.readSlice(length: pendingLength)!
+        let end = buffer.readBytes(length: 2)!
+        guard end == [13, 10] else { throw Malformed(message: "body not followed by \\r\\n") }
+        let header = pendingHeader!
+        pendingHeader = nil
+        if header[0] == "JSON" { return .json(body) }
+        guard let id = TaskID(header[1]), let delivery = Int(header[3]) else {
+            throw Malformed(message: "bad MSG header '\(header.joined(separator: " "))'")
+        }
+        return .message(id: id, queue: header[2], delivery: delivery, payload: body)
+    }
+}

@@ -1,0 +1,177 @@
+import Logging
+import NIOCore
+import NIOPosix
+import TortoiseProtocol
+import TortoiseStorage
+
+/// The broker's shared state: connections, who works on which queue, timers. Every
+/// method runs on the one event loop that owns it; storage completions hop back to it.
+final class Broker: @unchecked Sendable {
+    let loop: EventLoop
+    let store: TaskStore
+    let config: ServerConfiguration
+    let logger: Logger
+    let threadPool: NIOThreadPool
+    var dispatcher = Dispatcher()
+    private(set) var connections: [ObjectIdentifier: ConnectionHandler] = [:]
+    private var delayTimer: Scheduled<Void>?
+    private var delayTimerAt: Millis?
+    private var retentionTask: RepeatedTask?
+    private(set) var shuttingDown = false
+
+    init(loop: EventLoop, store: TaskStore, config: ServerConfiguration, logger: Logger, threadPool: NIOThreadPool) throws(StorageError) {
+        self.loop = loop
+        self.store = store
+        self.config = config
+        self.logger = logger
+        self.threadPool = threadPool
+        for (queue, counts) in try store.counts() where counts.ready > 0 {
+            dispatcher.addAvailable(queue, counts.ready)
+        }
+    }
+
+    /// Starts the timers (delayed tasks, retention). On the loop.
+    func start() {
+        loop.assertInEventLoop()
+        scheduleDelayTimer()
+        if let retention = config.failedRetentionMillis {
+            let every = TimeAmount.milliseconds(max(1000, min(60_000, retention / 10)))
+            retentionTask = loop.scheduleRepeatedTask(initialDelay: .milliseconds(500), delay: every) { [self] _ in
+                prune(retention: retention)
+            }
+        }
+    }
+
+    /// Submits a change to the store; `completion` runs on the loop.
+    func submit(_ op: StoreOperation, _ completion: @escaping @Sendable (Result<StoreOutcome, StorageError>) -> Void) {
+        let loop = self.loop
+        store.submit(op) { result in loop.execute { completion(result) } }
+    }
+
+    // MARK: Connections
+
+    func register(_ c: ConnectionHandler) -> Bool {
+        guard !shuttingDown, connections.count < config.maxConnections else { return false }
+        connections[ObjectIdentifier(c)] = c
+        return true
+    }
+
+    func unregister(_ c: ConnectionHandler) {
+        connections[ObjectIdentifier(c)] = nil
+    }
+
+    // MARK: Dispatch
+
+    /// Hands available tasks of `queue` to its idle workers, longest idle first.
+    func dispatch(_ queue: String) {
+        guard !shuttingDown else { return }
+        while let worker = dispatcher.claim(queue) {
+            worker.taking = true
+            submit(.take(queue: queue)) { [self] result in
+                worker.taking = false
+                switch result {
+                case .success(.taken(let task?)):
+                    if worker.closed || shuttingDown {
+                        release(task.id)
+                    } else {
+                        worker.deliver(task)
+                    }
+                case .success:
+                    // Nothing was ready after all (the count was ahead): just idle again.
+                    worker.becomeIdle()
+                case .failure(let error):
+                    logger.error("taking a task from \(queue) failed: \(error.message)")
+                    dispatcher.addAvailable(queue, 1)
+                    loop.scheduleTask(in: .milliseconds(200)) { worker.becomeIdle() }
+                }
+            }
+        }
+    }
+
+    /// New tasks of `queue` became ready and durable.
+    func tasksAvailable(_ queue: String, _ n: Int) {
+        guard n > 0 else { return }
+        dispatcher.addAvailable(queue, n)
+        dispatch(queue)
+    }
+
+    /// A task came back from a worker (or a lost one) and went where `to` says.
+    func taskReturned(_ to: ReturnedTo) {
+        switch to {
+        case .ready(let q): tasksAvailable(q, 1)
+        case .delayed: scheduleDelayTimer()
+        case .failed: break
+        }
+    }
+
+    /// Returns a task a worker lost to the front of its queue.
+    func release(_ id: TaskID) {
+        submit(.release(id)) { [self] result in
+            switch result {
+            case .success(.returned(let to)): taskReturned(to)
+            case .success: break
+            case .failure(let e): logger.error("returning task \(id) failed: \(e.message)")
+            }
+        }
+    }
+
+    // MARK: Timers
+
+    func scheduleDelayTimer() {
+        guard !shuttingDown, let due = try? store.nextDelayedDue() else { return }
+        if let at = delayTimerAt, at <= due { return }
+        delayTimer?.cancel()
+        delayTimerAt = due
+        let wait = max(0, due - currentMillis()) + 1
+        delayTimer = loop.scheduleTask(in: .milliseconds(wait)) { [self] in
+            delayTimerAt = nil
+            submit(.promoteDue) { [self] result in
+                if case .success(.promoted(let perQueue)) = result {
+                    for (q, n) in perQueue { tasksAvailable(q, n) }
+                }
+                scheduleDelayTimer()
+            }
+        }
+    }
+
+    private func prune(retention: Millis) {
+        guard !shuttingDown else { return }
+        submit(.prune(olderThan: currentMillis() - retention, limit: 1000)) { [self] result in
+            switch result {
+            case .success(.pruned(let n)):
+                if n > 0 { logger.info("retention pruned \(n) failed tasks") }
+                if n == 1000 { prune(retention: retention) }
+            case .failure(let e): logger.error("retention failed: \(e.message)")
+            default: break
+            }
+        }
+    }
+
+    // MARK: Reads
+
+    func stats() -> Result<StatsReply, StorageError> {
+        do throws(StorageError) {
+            var queues: [String: QueueStats] = [:]
+            for (name, c) in try store.counts() {
+                queues[name] = QueueStats(ready: c.ready, inflight: c.inflight, failed: c.failed, workers: 0, delayed: c.delayed)
+            }
+            for (name, q) in dispatcher.queues where q.workers > 0 {
+                queues[name, default: QueueStats(ready: 0, inflight: 0, failed: 0, workers: 0, delayed: 0)].workers = q.workers
+            }
+            return .success(StatsReply(queues: queues, pruned: try store.prunedCount(), connections: connections.count))
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    // MARK: Shutdown
+
+    /// Stops handing out tasks and closes every connection, returning held tasks.
+    func shutDown() {
+        loop.assertInEventLoop()
+        shuttingDown = true
+        delayTimer?.cancel()
+        retentionTask?.cancel()
+        for c in connections.values { c.closeForShutdown() }
+    }
+}

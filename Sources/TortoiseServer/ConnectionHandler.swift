@@ -1,0 +1,447 @@
+import Logging
+import NIOCore
+import TortoiseProtocol
+import TortoiseStorage
+
+/// One client connection: parses its commands, answers them in order, and, when it
+/// subscribes, is a worker holding at most one task. Confined to the broker's loop.
+final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = Never
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    let broker: Broker
+    private var context: ChannelHandlerContext?
+    private var parser: CommandParser
+    private var inbound = ByteBuffer()
+    private var replies = ReplyQueue()
+    private var authenticated: Bool
+    private var stopParsing = false
+    private var readPending = false
+    private var inReadLoop = false
+    private var needsFlush = false
+
+    // Worker state.
+    private(set) var subscriptions: [String] = []
+    private var held: TaskID?
+    private var heldTimer: Scheduled<Void>?
+    var taking = false
+    private var epoch: UInt64 = 0
+    private(set) var closed = false
+
+    init(broker: Broker) {
+        self.broker = broker
+        self.parser = CommandParser(maxBody: broker.config.maxBody)
+        self.authenticated = broker.config.token == nil
+    }
+
+    /// Whether this worker is idle since it was marked so with `epoch`.
+    func isIdle(epoch: UInt64) -> Bool {
+        !closed && held == nil && !taking && self.epoch == epoch
+    }
+
+    // MARK: Channel events
+
+    func channelActive(context: ChannelHandlerContext) {
+        self.context = context
+        guard broker.register(self) else {
+            var b = context.channel.allocator.buffer(capacity: 64)
+            ServerFrame.error(code: ErrorCode.internal.rawValue, message: "too many connections (the limit is \(broker.config.maxConnections)); try again later").write(to: &b)
+            closed = true
+            let channel = context.channel
+            context.writeAndFlush(wrapOutboundOut(b)).whenComplete { _ in channel.close(promise: nil) }
+            return
+        }
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        connectionLost()
+        context.fireChannelInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var bytes = unwrapInboundIn(data)
+        if inbound.readableBytes == 0 {
+            inbound = bytes
+        } else {
+            inbound.writeBuffer(&bytes)
+        }
+        processInbound()
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        if needsFlush {
+            needsFlush = false
+            context.flush()
+        }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { resume() }
+        context.fireChannelWritabilityChanged()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        context.close(promise: nil)
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if throttled {
+            readPending = true
+        } else {
+            context.read()
+        }
+    }
+
+    /// The client has too many replies outstanding, or is not reading what it was sent.
+    private var throttled: Bool {
+        replies.count >= broker.config.maxPendingReplies || !(context?.channel.isWritable ?? true)
+    }
+
+    private func resume() {
+        guard let context, !closed else { return }
+        processInbound()
+        if !throttled && readPending {
+            readPending = false
+            context.read()
+        }
+    }
+
+    private func processInbound() {
+        inReadLoop = true
+        while !stopParsing && !throttled, let result = parser.next(from: &inbound) {
+            switch result {
+            case .success(let command): handle(command)
+            case .failure(let error):
+                if error.closes { stopParsing = true }
+                replyNow(.error(error), closeAfter: error.closes)
+            }
+        }
+        if inbound.readableBytes == 0 { inbound.clear() } else { inbound.discardReadBytes() }
+        inReadLoop = false
+        if needsFlush, let context {
+            needsFlush = false
+            context.flush()
+        }
+    }
+
+    // MARK: Replies
+
+    private func replyNow(_ frame: ServerFrame, closeAfter: Bool = false) {
+        let slot = replies.reserve()
+        slot.frame = frame
+        slot.closeAfter = closeAfter
+        flushReplies()
+    }
+
+    private func fill(_ slot: ReplyQueue.Slot, _ frame: ServerFrame) {
+        slot.frame = frame
+        flushReplies()
+    }
+
+    private func flushReplies() {
+        guard let context else { return }
+        let wasThrottled = throttled
+        var wrote = false
+        while true {
+            let (frames, close) = replies.drainReady()
+            if !frames.isEmpty {
+                var b = context.channel.allocator.buffer(capacity: 64 * frames.count)
+                for f in frames { f.write(to: &b) }
+                if close {
+                    stopParsing = true
+                    let channel = context.channel
+                    context.writeAndFlush(wrapOutboundOut(b)).whenComplete { _ in channel.close(promise: nil) }
+                    return
+                }
+                context.write(wrapOutboundOut(b), promise: nil)
+                wrote = true
+            }
+            // A read waiting for the earlier replies runs now that it is first.
+            guard let head = replies.head, head.frame == nil, let action = head.onHead else { break }
+            head.onHead = nil
+            action(head)
+            if head.frame == nil { break }
+        }
+        guard wrote else { return }
+        if inReadLoop { needsFlush = true } else { context.flush() }
+        if wasThrottled && !inReadLoop { resume() }
+    }
+
+    /// Answers a read once every earlier command of this connection has its reply, so
+    /// that it sees their effects. `action` fills the slot, now or later.
+    private func whenEarlierRepliesAreDone(_ action: @escaping (ReplyQueue.Slot) -> Void) {
+        let slot = replies.reserve()
+        slot.onHead = action
+        flushReplies()
+    }
+
+    private func internalError(_ e: StorageError) -> ServerFrame {
+        .error(code: ErrorCode.internal.rawValue, message: e.message)
+    }
+
+    // MARK: Commands
+
+    private func handle(_ command: Command) {
+        if !authenticated {
+            switch command {
+            case .auth, .ping, .quit: break
+            default:
+                replyNow(.error(ProtocolError(.noAuth, "authentication required: send AUTH <token> first")))
+                return
+            }
+        }
+        switch command {
+        case .ping:
+            replyNow(.ok(["PONG"]))
+        case .auth(let token):
+            if let expected = broker.config.token {
+                if constantTimeEquals(token, expected) {
+                    authenticated = true
+                    replyNow(.ok([]))
+                } else {
+                    replyNow(.error(ProtocolError(.denied, "wrong token")))
+                }
+            } else {
+                replyNow(.ok([]))
+            }
+        case .quit:
+            stopParsing = true
+            replyNow(.ok([]), closeAfter: true)
+        case let .put(queue, payload):
+            let slot = replies.reserve()
+            broker.submit(.put(queue: queue, payload: Array(payload.readableBytesView))) { [self] result in
+                switch result {
+                case .success(.put(let id)):
+                    fill(slot, .ok([String(id)]))
+                    broker.tasksAvailable(queue, 1)
+                case .success: fill(slot, .ok([]))
+                case .failure(let e): fill(slot, internalError(e))
+                }
+            }
+        case .sub(let queue):
+            if !subscriptions.contains(queue) {
+                subscriptions.append(queue)
+                broker.dispatcher.subscribe(queue)
+                if held == nil && !taking {
+                    broker.dispatcher.markIdle(self, epoch: epoch, in: queue)
+                }
+            }
+            replyNow(.ok([]))
+            broker.dispatch(queue)
+        case .ack(let id):
+            guard takeHeld(id) else { return }
+            let slot = replies.reserve()
+            broker.submit(.ack(id)) { [self] result in
+                switch result {
+                case .success: fill(slot, .ok([]))
+                case .failure(let e): storeFailed(e, slot: slot, id: id)
+                }
+            }
+            becomeIdle()
+        case let .nack(id, error):
+            guard takeHeld(id) else { return }
+            let slot = replies.reserve()
+            broker.submit(.nack(id, error: error)) { [self] result in
+                switch result {
+                case .success: fill(slot, .ok([]))
+                case .failure(let e): storeFailed(e, slot: slot, id: id)
+                }
+            }
+            becomeIdle()
+        case let .requeue(id, delay):
+            guard takeHeld(id) else { return }
+            let slot = replies.reserve()
+            let readyAt = delay.map { currentMillis() + Millis(clamping: $0) }
+            broker.submit(.requeue(id, readyAt: readyAt)) { [self] result in
+                switch result {
+                case .success(.returned(let to)):
+                    fill(slot, .ok([]))
+                    broker.taskReturned(to)
+                case .success: fill(slot, .ok([]))
+                case .failure(let e): storeFailed(e, slot: slot, id: id)
+                }
+            }
+            becomeIdle()
+        case .touch(let id):
+            guard held == id else {
+                replyNow(.error(ProtocolError(.notFound, "task \(id) is not held by this connection")))
+                return
+            }
+            startAckTimer(id)
+            replyNow(.ok([]))
+        case .stats:
+            whenEarlierRepliesAreDone { [self] slot in
+                switch broker.stats() {
+                case .success(let s): slot.frame = .json(ReplyJSON.encode(s))
+                case .failure(let e): slot.frame = internalError(e)
+                }
+            }
+        case let .failed(limit, text):
+            guard let query = parseQuery(text) else { return }
+            let store = broker.store
+            runRead { () throws(StorageError) in
+                let page = try store.failed(query, limit: limit)
+                return ReplyJSON.encode(FailedReply(total: page.total, tasks: page.tasks.map(FailedTaskInfo.init)))
+            }
+        case let .errors(limit, text):
+            guard let query = parseQuery(text) else { return }
+            let store = broker.store
+            runRead { () throws(StorageError) in
+                let groups = try store.errorGroups(query, limit: limit)
+                return ReplyJSON.encode(ErrorsReply(groups: groups.map(ErrorGroupInfo.init)))
+            }
+        case .replay(let text):
+            guard let query = parseQuery(text) else { return }
+            let slot = replies.reserve()
+            broker.submit(.replay(query)) { [self] result in
+                switch result {
+                case .success(.replayed(let perQueue)):
+                    fill(slot, .ok([String(perQueue.values.reduce(0, +))]))
+                    for (q, n) in perQueue { broker.tasksAvailable(q, n) }
+                case .success: fill(slot, .ok(["0"]))
+                case .failure(let e): fill(slot, internalError(e))
+                }
+            }
+        case .delete(let text):
+            guard let query = parseQuery(text) else { return }
+            let slot = replies.reserve()
+            broker.submit(.delete(query)) { [self] result in
+                switch result {
+                case .success(.deleted(let n)): fill(slot, .ok([String(n)]))
+                case .success: fill(slot, .ok(["0"]))
+                case .failure(let e): fill(slot, internalError(e))
+                }
+            }
+        }
+    }
+
+    private func parseQuery(_ text: String) -> FailedQuery? {
+        switch QueryParser.parse(text, now: currentMillis()) {
+        case .success(let q): return q
+        case .failure(let e):
+            replyNow(.error(e))
+            return nil
+        }
+    }
+
+    /// Runs a read-only search on the thread pool; its JSON answers in order.
+    private func runRead(_ body: @escaping @Sendable () throws(StorageError) -> ByteBuffer) {
+        whenEarlierRepliesAreDone { [self] slot in runRead(body, into: slot) }
+    }
+
+    private func runRead(_ body: @escaping @Sendable () throws(StorageError) -> ByteBuffer, into slot: ReplyQueue.Slot) {
+        let loop = broker.loop
+        broker.threadPool.submit { state in
+            let result: Result<ByteBuffer, StorageError>
+            if case .cancelled = state {
+                result = .failure(StorageError(.closed, "the broker is shutting down"))
+            } else {
+                do throws(StorageError) { result = .success(try body()) } catch { result = .failure(error) }
+            }
+            loop.execute { [self] in
+                switch result {
+                case .success(let json): fill(slot, .json(json))
+                case .failure(let e): fill(slot, internalError(e))
+                }
+            }
+        }
+    }
+
+    /// A change to a held task failed in the store: say so, and give the task back.
+    private func storeFailed(_ e: StorageError, slot: ReplyQueue.Slot, id: TaskID) {
+        if e.code == .notFound {
+            fill(slot, .error(ProtocolError(.notFound, "task \(id) is not held by this connection")))
+        } else {
+            fill(slot, internalError(e))
+            broker.release(id)
+        }
+    }
+
+    // MARK: Worker
+
+    /// Checks that this connection holds `id` and lets go of it (the caller then changes it).
+    private func takeHeld(_ id: TaskID) -> Bool {
+        guard held == id else {
+            replyNow(.error(ProtocolError(.notFound, "task \(id) is not held by this connection")))
+            return false
+        }
+        held = nil
+        heldTimer?.cancel()
+        heldTimer = nil
+        return true
+    }
+
+    /// The worker is free: it joins the idle line of each of its queues and may get a task at once.
+    func becomeIdle() {
+        guard !closed, !subscriptions.isEmpty, held == nil, !taking else { return }
+        epoch &+= 1
+        for q in subscriptions { broker.dispatcher.markIdle(self, epoch: epoch, in: q) }
+        for q in subscriptions {
+            broker.dispatch(q)
+            if held != nil || taking { break }
+        }
+    }
+
+    func deliver(_ task: DeliveredTask) {
+        guard let context else { return }
+        held = task.id
+        var b = context.channel.allocator.buffer(capacity: task.payload.count + 64)
+        ServerFrame.message(id: task.id, queue: task.queue, delivery: task.delivery, payload: ByteBuffer(bytes: task.payload)).write(to: &b)
+        context.writeAndFlush(wrapOutboundOut(b), promise: nil)
+        startAckTimer(task.id)
+    }
+
+    private func startAckTimer(_ id: TaskID) {
+        heldTimer?.cancel()
+        let seconds = broker.config.ackTimeoutSeconds
+        guard seconds > 0 else { return }
+        heldTimer = broker.loop.scheduleTask(in: .seconds(Int64(seconds))) { [self] in ackTimedOut(id) }
+    }
+
+    private func ackTimedOut(_ id: TaskID) {
+        guard held == id, let context else { return }
+        held = nil
+        heldTimer = nil
+        broker.logger.warning("a worker held task \(id) past the ack timeout of \(broker.config.ackTimeoutSeconds)s; returning it and closing the connection")
+        broker.release(id)
+        var b = context.channel.allocator.buffer(capacity: 80)
+        ServerFrame.error(code: ErrorCode.timeout.rawValue, message: "\(id) held longer than the ack timeout of \(broker.config.ackTimeoutSeconds)s").write(to: &b)
+        stopParsing = true
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(b)).whenComplete { _ in channel.close(promise: nil) }
+    }
+
+    private func connectionLost() {
+        guard !closed else { return }
+        closed = true
+        heldTimer?.cancel()
+        if let id = held {
+            held = nil
+            broker.release(id)
+        }
+        for q in subscriptions { broker.dispatcher.unsubscribe(q) }
+        broker.unregister(self)
+    }
+
+    func closeForShutdown() {
+        connectionLost()
+        context?.close(promise: nil)
+    }
+}
+
+/// Compares two tokens in time that depends only on their lengths.
+func constantTimeEquals(_ a: String, _ b: String) -> Bool {
+    let x = Array(a.utf8)
+    let y = Array(b.utf8)
+    var diff = UInt8(x.count == y.count ? 0 : 1)
+    let n = max(x.count, y.count)
+    for i in 0..<n {
+        let p = i < x.count ? x[i] : 0
+        let q = i < y.count ? y[i] : 0
+        diff |= p ^ q
+    }
+    return diff == 0
+}

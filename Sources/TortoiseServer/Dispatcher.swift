@@ -1,0 +1,65 @@
+import NIOCore
+import TortoiseStorage
+
+/// Which worker gets which task: per queue, the tasks the broker may hand out and the
+/// idle workers, longest idle first. Confined to the broker's event loop.
+struct Dispatcher {
+    struct QueueState {
+        /// Ready tasks known to be durable, which the broker may take.
+        var available = 0
+        /// Workers in the order they became idle; stale entries are skipped.
+        var idle = CircularBuffer<(worker: ConnectionHandler, epoch: UInt64)>()
+        /// Connected workers subscribed.
+        var workers = 0
+    }
+
+    private(set) var queues: [String: QueueState] = [:]
+
+    subscript(queue: String) -> QueueState {
+        get { queues[queue] ?? QueueState() }
+        set { queues[queue] = newValue }
+    }
+
+    mutating func addAvailable(_ queue: String, _ n: Int) {
+        queues[queue, default: QueueState()].available += n
+    }
+
+    mutating func subscribe(_ queue: String) {
+        queues[queue, default: QueueState()].workers += 1
+    }
+
+    mutating func unsubscribe(_ queue: String) {
+        queues[queue, default: QueueState()].workers -= 1
+        dropIfEmpty(queue)
+    }
+
+    /// Records that `worker` is idle for `queue` from now.
+    mutating func markIdle(_ worker: ConnectionHandler, epoch: UInt64, in queue: String) {
+        var q = queues[queue, default: QueueState()]
+        q.idle.append((worker, epoch))
+        if q.idle.count > 2 * q.workers + 8 {
+            // Compact: keep only the entries still valid.
+            q.idle = CircularBuffer(q.idle.filter { $0.worker.isIdle(epoch: $0.epoch) })
+        }
+        queues[queue] = q
+    }
+
+    /// The longest-idle worker of `queue` when it has an available task: both are
+    /// claimed (the caller takes the task for the worker).
+    mutating func claim(_ queue: String) -> ConnectionHandler? {
+        guard var q = queues[queue], q.available > 0 else { return nil }
+        while let entry = q.idle.popFirst() {
+            if entry.worker.isIdle(epoch: entry.epoch) {
+                q.available -= 1
+                queues[queue] = q
+                return entry.worker
+            }
+        }
+        queues[queue] = q
+        return nil
+    }
+
+    private mutating func dropIfEmpty(_ queue: String) {
+        if let q = queues[queue], q.available == 0, q.workers <= 0 { queues[queue] = nil }
+    }
+}

@@ -1,0 +1,30 @@
+import TortoiseProtocol
+
+/// Everything `tortoised` can be told.
+public struct ServerConfiguration: Sendable {
+    /// The data directory.
+    public var dataDirectory = "./tortoise-data"
+    /// The address to listen on.
+    public var host = Wire.defaultHost
+    /// The port (0: any free port; the listening line says which).
+    public var port = Wire.defaultPort
+    /// When set, clients must `AUTH` with it.
+    public var token: String?
+    /// The largest body accepted.
+    public var maxBody = Wire.defaultMaxBody
+    /// Deliveries after which a returned task goes to the failed store (0: no limit).
+    public var maxDeliveries = 10
+    /// Seconds a worker may hold a task without ACK, NACK, REQUEUE or TOUCH (0: off).
+    public var ackTimeoutSeconds = 1800
+    /// Failures older than this many milliseconds are pruned (nil: kept forever).
+    public var failedRetentionMillis: Int64?
+    /// The most the store may grow to, in bytes.
+    public var maxStorageBytes = 256 << 30
+    /// The most client connections at once; more are refused.
+    public var maxConnections = 10_000
+    /// Replies a connection may have outstanding before the broker stops reading from it.
+    public var maxPendingReplies = 4096
+
+    /// The defaults of the command-line contract.
+    public init() {}
+}
