@@ -59,10 +59,10 @@ public enum QueryParser {
                 guard !value.isEmpty else { return fail(start, "'\(field):' needs a value") }
                 switch field {
                 case "queue":
-                    guard Wire.isValidName(value) else { return fail(j + 1, "'\(value)' is not a valid queue name") }
+                    guard Wire.isValidName(value) else { return fail(j + 1, "queue: '\(value)' is not a valid queue name") }
                     query.queues.append(value)
                 case "id":
-                    guard let id = TaskID(value), value.allSatisfy(\.isNumber) else { return fail(j + 1, "'\(value)' is not a task id") }
+                    guard let id = TaskID(value), value.allSatisfy(\.isNumber) else { return fail(j + 1, "id: '\(value)' is not a task id") }
                     query.ids.append(id)
                 case "since", "before":
                     let t: Millis
@@ -71,13 +71,13 @@ public enum QueryParser {
                     } else if let abs = WireTime.parse(value) {
                         t = abs
                     } else {
-                        return fail(j + 1, "'\(value)' is neither an RFC 3339 time nor an age like 90s, 30m, 2h, 7d")
+                        return fail(j + 1, "\(field): '\(value)' is neither an RFC 3339 time nor an age like 90s, 30m, 2h, 7d")
                     }
                     if field == "since" { query.since = max(query.since ?? t, t) } else { query.before = min(query.before ?? t, t) }
                 case "payload":
                     query.payloadTexts.append(value.lowercased())
                 default:
-                    guard let g = ErrorFingerprint.parseHex(value) else { return fail(j + 1, "'\(value)' is not a group (16 hex digits)") }
+                    guard let g = ErrorFingerprint.parseHex(value) else { return fail(j + 1, "group: '\(value)' is not a group (16 hex digits)") }
                     query.groups.append(g)
                 }
                 i = end
