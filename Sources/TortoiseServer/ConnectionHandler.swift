@@ -88,7 +88,7 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
     }
 
     func read(context: ChannelHandlerContext) {
-        if throttled {
+        if throttled || inbound.readableBytes >= Self.maxBufferedInput {
             readPending = true
         } else {
             context.read()
@@ -100,10 +100,16 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
         replies.count >= broker.config.maxPendingReplies || !(context?.channel.isWritable ?? true)
     }
 
+    /// Unparsed input past which the broker stops reading from the client.
+    private static let maxBufferedInput = 64 << 10
+    /// Commands handled in one turn before other connections get theirs.
+    private static let commandsPerTurn = 256
+    private var turnScheduled = false
+
     private func resume() {
         guard let context, !closed else { return }
         processInbound()
-        if !throttled && readPending {
+        if !throttled && readPending && inbound.readableBytes < Self.maxBufferedInput {
             readPending = false
             context.read()
         }
@@ -111,7 +117,9 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
 
     private func processInbound() {
         inReadLoop = true
-        while !stopParsing && !throttled, let result = parser.next(from: &inbound) {
+        var handled = 0
+        while !stopParsing && !throttled, handled < Self.commandsPerTurn, let result = parser.next(from: &inbound) {
+            handled += 1
             switch result {
             case .success(let command): handle(command)
             case .failure(let error):
@@ -119,11 +127,24 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
                 replyNow(.error(error), closeAfter: error.closes)
             }
         }
-        if inbound.readableBytes == 0 { inbound.clear() } else { inbound.discardReadBytes() }
+        if inbound.readableBytes == 0 {
+            inbound.clear()
+        } else if inbound.readerIndex > 65536 && inbound.readerIndex > inbound.readableBytes {
+            inbound.discardReadBytes()
+        }
         inReadLoop = false
         if needsFlush, let context {
             needsFlush = false
             context.flush()
+        }
+        if handled == Self.commandsPerTurn && !turnScheduled, let context {
+            // More may be waiting: continue after the other connections had a turn (a
+            // timed task, so that the loop polls for I/O in between).
+            turnScheduled = true
+            context.eventLoop.scheduleTask(in: .microseconds(20)) { [self] in
+                turnScheduled = false
+                resume()
+            }
         }
     }
 

@@ -147,6 +147,18 @@ final class RawClient: @unchecked Sendable {
         }
     }
 
+    /// Sends what the socket takes without waiting; returns how many bytes went.
+    @discardableResult
+    func sendWithoutWaiting(_ bytes: [UInt8]) -> Int {
+        var off = 0
+        while off < bytes.count {
+            let n = bytes[off...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
+            if n <= 0 { break }
+            off += n
+        }
+        return off
+    }
+
     /// Sends a command and returns the next frame.
     func call(_ text: String) throws -> ServerFrame {
         send(text.utf8.last == 10 ? text : text + "\r\n")

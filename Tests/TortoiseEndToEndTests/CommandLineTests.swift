@@ -1,0 +1,132 @@
+import Foundation
+import Testing
+import TortoiseProtocol
+
+/// The command line of tortoised: flags, environment, the listening line, signals, and
+/// a second instance on the same data directory.
+@Suite(.serialized) struct CommandLineTests {
+    func run(_ args: [String], timeout: Double = 20) throws -> (status: Int32, stdout: String, stderr: String) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: BrokerProcess.binary("tortoised"))
+        p.arguments = args
+        let out = Pipe()
+        let err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        try p.run()
+        let deadline = Date().addingTimeInterval(timeout)
+        while p.isRunning && Date() < deadline { Thread.sleep(forTimeInterval: 0.05) }
+        if p.isRunning { p.terminate(); throw TestFailure("tortoised \(args) did not exit") }
+        return (p.terminationStatus,
+                String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self),
+                String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
+    }
+
+    @Test func aSecondBrokerOnTheSameDataDirectoryRefusesToStart() throws {
+        let broker = try BrokerProcess()
+        let id = try broker.client().put("q", "keep me")
+        let second = try run(["--data", broker.directory, "--port", "0"])
+        #expect(second.status != 0)
+        #expect(second.stderr.contains("in use by another process"))
+        #expect(second.stderr.contains(broker.directory))
+        #expect(!second.stdout.contains("listening"))
+        // The first is unharmed.
+        let w = try broker.client()
+        #expect(try w.call("SUB q") == .ok([]))
+        #expect(try w.message().id == id)
+    }
+
+    @Test func sigintStopsCleanlyWithStatusZero() throws {
+        let broker = try BrokerProcess()
+        _ = try broker.client().put("q", "x")
+        kill(broker.process.processIdentifier, SIGINT)
+        broker.process.waitUntilExit()
+        #expect(broker.process.terminationReason == .exit)
+        #expect(broker.process.terminationStatus == 0)
+        #expect(broker.stderr.contains("stopped cleanly"))
+    }
+
+    @Test func badFlagsAreRefusedWithAMessage() throws {
+        let r = try run(["--failed-retention", "forever", "--port", "0", "--data", BrokerProcess.freshDirectory()])
+        #expect(r.status != 0)
+        #expect(r.stderr.contains("--failed-retention"))
+        let p = try run(["--port", "70000"])
+        #expect(p.status != 0)
+        #expect(p.stderr.contains("--port"))
+        let help = try run(["--help"])
+        #expect(help.status == 0)
+        for flag in ["--data", "--host", "--port", "--token", "--max-body", "--max-deliveries", "--ack-timeout", "--failed-retention"] {
+            #expect(help.stdout.contains(flag), "\(flag) in --help")
+        }
+    }
+
+    @Test func aBusyPortIsAClearError() throws {
+        let broker = try BrokerProcess()
+        let r = try run(["--data", BrokerProcess.freshDirectory(), "--port", String(broker.port)])
+        #expect(r.status != 0)
+        #expect(r.stderr.contains("cannot listen on 127.0.0.1:\(broker.port)"))
+    }
+
+    @Test func retentionPrunesOldFailuresAndCountsThem() throws {
+        let broker = try BrokerProcess(arguments: ["--failed-retention", "1s"])
+        let p = try broker.client()
+        let w = try broker.client()
+        let id = try p.put("q", "x")
+        #expect(try w.call("SUB q") == .ok([]))
+        _ = try w.message()
+        #expect(try w.call("NACK \(id) 3\r\nold") == .ok([]))
+        #expect(try p.failed().total == 1)
+        var pruned = 0
+        for _ in 0..<40 where pruned == 0 {
+            Thread.sleep(forTimeInterval: 0.25)
+            pruned = try p.stats().pruned
+        }
+        #expect(pruned == 1)
+        #expect(try p.failed().total == 0)
+    }
+}
+
+/// Clients that misbehave must not hurt the broker or the others.
+@Suite(.serialized) struct HostileClientTests {
+    @Test func aClientThatNeverReadsDoesNotStallOthers() throws {
+        let broker = try BrokerProcess()
+        let hog = try broker.client()
+        let flood = Array(String(repeating: "PING\r\n", count: 20_000).utf8)
+        // Pipelined commands whose replies are never read, until the broker stops taking them.
+        var sent = 0
+        for _ in 0..<50 {
+            let n = hog.sendWithoutWaiting(flood)
+            sent += n
+            if n < flood.count { Thread.sleep(forTimeInterval: 0.05) }
+        }
+        let other = try broker.client()
+        for _ in 0..<20 { #expect(try other.call("PING") == .ok(["PONG"])) }
+        #expect(try other.put("q", "still fine") == 1)
+        #expect(sent < 50 * flood.count, "the broker kept reading from a client that does not read")
+        // Its memory stays bounded: anonymous RSS well under 200 MiB.
+        let status = try String(contentsOfFile: "/proc/\(broker.process.processIdentifier)/status", encoding: .utf8)
+        let anon = status.split(separator: "\n").first { $0.hasPrefix("RssAnon:") }
+        let kb = anon.flatMap { Int($0.split(separator: " ", omittingEmptySubsequences: true)[1]) } ?? 0
+        #expect(kb > 0 && kb < 200 * 1024, "RssAnon \(kb) kB")
+    }
+
+    @Test func garbageBytesNeverCrashTheBroker() throws {
+        let broker = try BrokerProcess()
+        var rng = SystemRandomNumberGenerator()
+        for _ in 0..<30 {
+            let c = try broker.client()
+            let n = Int.random(in: 1...4000, using: &rng)
+            c.send((0..<n).map { _ in UInt8.random(in: 0...255, using: &rng) })
+            c.send("\r\nPUT q 3\r\n")
+        }
+        for verb in ["PUT", "NACK", "FAILED", "REPLAY", "ERRORS"] {
+            let c = try broker.client()
+            c.send("\(verb) 1 2 3 4 5 99999999999999999999999\r\n\u{0}\u{1}\r\n")
+        }
+        Thread.sleep(forTimeInterval: 0.3)
+        let fresh = try broker.client()
+        #expect(try fresh.call("PING") == .ok(["PONG"]))
+        #expect(try fresh.stats().queues["q"] == nil || true)
+        #expect(broker.process.isRunning)
+    }
+}
