@@ -8,6 +8,9 @@ let package = Package(
         .executable(name: "tortoised", targets: ["tortoised"]),
         .executable(name: "tortoisectl", targets: ["tortoisectl"]),
         .library(name: "TortoiseClient", targets: ["TortoiseClient"]),
+        .library(name: "TortoiseStorage", targets: ["TortoiseStorage"]),
+        .library(name: "TortoiseProtocol", targets: ["TortoiseProtocol"]),
+        .library(name: "TortoiseServer", targets: ["TortoiseServer"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),

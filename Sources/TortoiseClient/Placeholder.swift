@@ -1,1 +1,1 @@
-// placeholder
+// The client library (issue 4).

@@ -1,0 +1,92 @@
+import ArgumentParser
+import Foundation
+import TortoiseStorage
+
+/// Durable put-then-ack throughput of the task store with 1, 8 and 64 concurrent
+/// callers, beside the machine's raw fsync rate measured in the same run.
+struct StorageBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "storage",
+        abstract: "Group commit: durable operations per second against the raw fdatasync rate."
+    )
+
+    @Option(help: "Seconds per measurement.")
+    var seconds = 3.0
+
+    @Option(help: "Where to put the data (a directory on the disk to measure).")
+    var directory = FileManager.default.temporaryDirectory.path
+
+    @Option(parsing: .upToNextOption, help: "Concurrent callers to measure.")
+    var callers: [Int] = [1, 8, 64]
+
+    func run() async throws {
+        let base = directory + "/tortoise-bench-\(getpid())"
+        try FileManager.default.createDirectory(atPath: base, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: base) }
+
+        let raw = rawFsyncRate(path: base + "/raw", seconds: seconds)
+        print("raw write+fdatasync of 100 bytes: \(Int(raw)) /s")
+        print("")
+        print("callers  durable ops/s  put+ack pairs/s  flushes/s  ops per flush  vs raw fsync  vs 1 caller")
+        var oneCaller: Double?
+        for n in callers {
+            let dir = base + "/store-\(n)"
+            let store = try TaskStore(TaskStore.Configuration(directory: dir))
+            let syncsBefore = store.syncCount
+            let (pairs, elapsed) = try await measure(store: store, callers: n)
+            let flushes = Double(store.syncCount - syncsBefore) / elapsed
+            store.close()
+            let ops = Double(pairs * 2) / elapsed
+            if oneCaller == nil { oneCaller = ops }
+            let line = [
+                pad(String(n), 7),
+                pad(String(Int(ops)), 14),
+                pad(String(Int(Double(pairs) / elapsed)), 16),
+                pad(String(Int(flushes)), 10),
+                pad(String(format: "%.1f", ops / max(flushes, 1)), 14),
+                pad(String(format: "%.2f×", ops / raw), 13),
+                pad(String(format: "%.1f×", ops / oneCaller!), 12),
+            ]
+            print(line.joined(separator: " "))
+        }
+    }
+
+    func pad(_ s: String, _ n: Int) -> String { String(repeating: " ", count: max(0, n - s.count)) + s }
+
+    func rawFsyncRate(path: String, seconds: Double) -> Double {
+        let fd = open(path, O_RDWR | O_CREAT, 0o644)
+        defer { close(fd); unlink(path) }
+        let block = [UInt8](repeating: 7, count: 100)
+        var n = 0
+        let start = Date()
+        while Date().timeIntervalSince(start) < seconds {
+            _ = block.withUnsafeBytes { pwrite(fd, $0.baseAddress, 100, off_t((n % 64) * 4096)) }
+            fdatasync(fd)
+            n += 1
+        }
+        return Double(n) / Date().timeIntervalSince(start)
+    }
+
+    func measure(store: TaskStore, callers: Int) async throws -> (Int, Double) {
+        let start = Date()
+        let deadline = start.addingTimeInterval(seconds)
+        let payload = [UInt8](repeating: 42, count: 100)
+        let pairs = try await withThrowingTaskGroup(of: Int.self) { group in
+            for c in 0..<callers {
+                group.addTask {
+                    var done = 0
+                    let queue = "bench-\(c)"
+                    while Date() < deadline {
+                        _ = try await store.perform(.put(queue: queue, payload: payload))
+                        guard case .taken(let t?) = try await store.perform(.take(queue: queue)) else { continue }
+                        _ = try await store.perform(.ack(t.id))
+                        done += 1
+                    }
+                    return done
+                }
+            }
+            return try await group.reduce(0, +)
+        }
+        return (pairs, Date().timeIntervalSince(start))
+    }
+}
