@@ -49,6 +49,7 @@ let package = Package(
             dependencies: [
                 "TortoiseProtocol",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
@@ -72,6 +73,19 @@ let package = Package(
             name: "tortoise-storage-stress",
             dependencies: ["TortoiseStorage"],
             path: "Sources/tortoise-storage-stress"
+        ),
+        .executableTarget(
+            name: "new-task",
+            dependencies: ["TortoiseClient"],
+            path: "Examples/new-task"
+        ),
+        .executableTarget(
+            name: "worker",
+            dependencies: [
+                "TortoiseClient",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ],
+            path: "Examples/worker"
         ),
         .testTarget(
             name: "TortoiseStorageTests",

@@ -1,1 +1,0 @@
-// The client library (issue 4).

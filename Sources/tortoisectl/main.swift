@@ -1,1 +1,0 @@
-print("tortoisectl: not yet")
