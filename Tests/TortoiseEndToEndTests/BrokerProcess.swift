@@ -1,5 +1,6 @@
 import Foundation
 import NIOCore
+import TortoiseClient
 import TortoiseProtocol
 
 /// A real `tortoised` process on 127.0.0.1 with its own data directory.
@@ -89,10 +90,25 @@ final class BrokerProcess: @unchecked Sendable {
         return process.terminationStatus
     }
 
-    /// Restarts after a kill, on the same directory.
-    func restart() throws {
+    /// Restarts after a kill, on the same directory (and, if asked, the same port).
+    func restart(samePort: Bool = false) throws {
         if process.isRunning { kill9() }
-        try start()
+        let previous = port
+        var lastError: Error?
+        for _ in 0..<20 {
+            do {
+                try start(port: samePort ? previous : nil)
+                return
+            } catch {
+                lastError = error
+                Thread.sleep(forTimeInterval: 0.2)
+            }
+        }
+        throw lastError!
+    }
+
+    var clientConfiguration: TortoiseClientConfiguration {
+        TortoiseClientConfiguration(host: "127.0.0.1", port: port, token: environment["TORTOISE_TOKEN"], environment: [:])
     }
 
     func client() throws -> RawClient { try RawClient(port: port) }
