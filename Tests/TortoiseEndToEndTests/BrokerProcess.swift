@@ -158,6 +158,7 @@ final class RawClient: @unchecked Sendable {
         var off = 0
         while off < bytes.count {
             let n = bytes[off...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            if n < 0 && errno == EINTR { continue }
             if n <= 0 { return }
             off += n
         }
@@ -226,6 +227,7 @@ final class RawClient: @unchecked Sendable {
             guard poll(&pfd, 1, Int32(min(left, 1) * 1000) + 1) > 0 else { continue }
             var chunk = [UInt8](repeating: 0, count: 65536)
             let n = recv(fd, &chunk, chunk.count, 0)
+            if n < 0 && (errno == EINTR || errno == EAGAIN) { continue } // e.g. SIGCHLD from a killed broker
             if n <= 0 { closedByServer = true; continue }
             buffer.writeBytes(chunk[0..<n])
         }

@@ -172,7 +172,12 @@ final class EventLog: Sendable {
         worker.stop()
         try await run.value
         #expect(log.acknowledged == [first])
-        let stats = try await client.stats()
+        // The broker may have pushed the next task before it saw the close: it returns it.
+        var stats = try await client.stats()
+        for _ in 0..<100 where stats.queues["q"]?.ready != 1 || stats.queues["q"]?.workers != 0 {
+            try await Task.sleep(for: .milliseconds(20))
+            stats = try await client.stats()
+        }
         #expect(stats.queues["q"]?.ready == 1 && stats.queues["q"]?.inflight == 0 && stats.queues["q"]?.workers == 0)
     }
 }
