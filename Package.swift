@@ -99,6 +99,7 @@ let package = Package(
             name: "TortoiseEndToEndTests",
             dependencies: [
                 "TortoiseClient",
+                "TortoiseStorage",
                 "TortoiseProtocol",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
