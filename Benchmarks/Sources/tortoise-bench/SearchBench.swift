@@ -1,0 +1,108 @@
+import ArgumentParser
+import Foundation
+import TortoiseProtocol
+import TortoiseStorage
+
+/// The failed-store search at scale: 1,000,000 failures over 1,000 error groups and 20
+/// queues; a selective word query, ERRORS, replaying 100,000 matches, and the index size.
+struct SearchBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "search",
+        abstract: "Failed-store search with 1,000,000 failures: query, ERRORS and replay times, index size."
+    )
+
+    @Option(help: "How many failures.") var failures = 1_000_000
+    @Option(help: "How many error groups.") var groups = 1000
+    @Option(help: "How many queues.") var queues = 20
+    @Option(help: "Where to put the data.") var directory = FileManager.default.temporaryDirectory.path
+    @Option(help: "Repetitions of each timed query (the median is shown).") var repetitions = 21
+
+    static func letters(_ n: Int) -> String {
+        String(String(n).map { Character(UnicodeScalar(UInt8(97) + UInt8(String($0))!)) })
+    }
+
+    /// The error of group `g`: its own words, a family word shared by a tenth of the groups,
+    /// and variable parts (numbers, a hex id) that the fingerprint folds away.
+    static func error(group g: Int, i: Int) -> String {
+        "family\(letters(g % 10)) failure kind\(letters(g)) in module\(letters(g % 37)): timeout after \(i % 997) ms for order \(String(UInt64(i) &* 0x9E37_79B9_7F4A_7C15, radix: 16))"
+    }
+
+    func run() async throws {
+        let dir = directory + "/tortoise-search-\(getpid())"
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var config = TaskStore.Configuration(directory: dir)
+        config.maxMapSize = 64 << 30
+        let store = try TaskStore(config)
+        defer { store.close() }
+
+        let start = Date()
+        let callers = 128
+        let payload = [UInt8](repeating: 120, count: 100)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for c in 0..<callers {
+                group.addTask {
+                    for i in stride(from: c, to: failures, by: callers) {
+                        let queue = "queue\(i % queues)"
+                        _ = try await store.perform(.put(queue: queue, payload: payload))
+                        guard case .taken(let t?) = try await store.perform(.take(queue: queue)) else { continue }
+                        _ = try await store.perform(.nack(t.id, error: Self.error(group: i % groups, i: i)))
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        let loaded = Date().timeIntervalSince(start)
+        let figures = try store.sizeFigures()
+        print("loaded \(figures.failures) failures (\(groups) groups, \(queues) queues) in \(String(format: "%.0f", loaded)) s")
+        print(String(format: "index size: %.0f bytes per failed task (failure records: %.0f bytes per task)",
+                     Double(figures.indexPages * figures.pageSize) / Double(figures.failures),
+                     Double(figures.failedPages * figures.pageSize) / Double(figures.failures)))
+
+        func median(_ label: String, _ body: () throws -> String) rethrows {
+            var times: [Double] = []
+            var note = ""
+            for _ in 0..<repetitions {
+                let t0 = DispatchTime.now().uptimeNanoseconds
+                note = try body()
+                times.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6)
+            }
+            times.sort()
+            print(String(format: "%-58@ median %8.2f ms  (min %.2f, max %.2f)  %@", label as NSString, times[times.count / 2], times.first!, times.last!, note as NSString))
+        }
+
+        let now = currentMillis()
+        // One group's own word: 1/1000 of the failures.
+        let selective = try QueryParser.parse("kind\(Self.letters(7))", now: now).get()
+        try median("FAILED 100 selective word (1,000 matches)") {
+            let page = try store.failed(selective, limit: 100)
+            return "total \(page.total)"
+        }
+        let wordAndQueue = try QueryParser.parse("kind\(Self.letters(7)) queue:queue7", now: now).get()
+        try median("FAILED 100 word + queue:") {
+            "total \(try store.failed(wordAndQueue, limit: 100).total)"
+        }
+        let family = try QueryParser.parse("family\(Self.letters(3))", now: now).get()
+        try median("FAILED 100 broad word (100,000 matches)") {
+            "total \(try store.failed(family, limit: 100).total)"
+        }
+        try median("FAILED 100 empty query (newest first)") {
+            "total \(try store.failed(FailedQuery(), limit: 100).total)"
+        }
+        let recent = try QueryParser.parse("since:1h queue:queue3", now: now).get()
+        try median("FAILED 100 since:1h queue:queue3 (50,000 matches)") {
+            "total \(try store.failed(recent, limit: 100).total)"
+        }
+        try median("ERRORS 100 (all groups)") {
+            "groups \(try store.errorGroups(FailedQuery(), limit: 100).count)"
+        }
+        try median("ERRORS 100 queue:queue5") {
+            "groups \(try store.errorGroups(try QueryParser.parse("queue:queue5", now: now).get(), limit: 100).count)"
+        }
+        let t0 = Date()
+        let outcome = try await store.perform(.replay(family))
+        let replayTime = Date().timeIntervalSince(t0)
+        if case .replayed(let per) = outcome {
+            print(String(format: "REPLAY family word: %d tasks in %.2f s (one transaction, one fsync)", per.values.reduce(0, +), replayTime))
+        }
+    }
+}
