@@ -24,6 +24,12 @@ final class StoreEngine: @unchecked Sendable {
     // Writer-only state.
     private var nextID: UInt64 = 1
     private var nextSeq: UInt64 = 1
+    /// The stored bounds: every id and seq below them may have been used. They move in
+    /// steps, so that most commits do not rewrite the `meta` page.
+    private var idLimit: UInt64 = 1
+    private var seqLimit: UInt64 = 1
+    private var pendingLimits: (UInt64, UInt64)?
+    static let reservation: UInt64 = 4096
 
     init(directory: String, options: LMDBEnvironment.Options, maxDeliveries: Int) throws(StorageError) {
         if mkdir(directory, 0o750) != 0 && errno != EEXIST {
@@ -58,8 +64,11 @@ final class StoreEngine: @unchecked Sendable {
                 var w = ByteWriter(); w.u32(Self.formatVersion)
                 try txn.put(t.meta, Array("format".utf8), w.bytes)
             }
+            // Ids and seqs below the stored bounds may have been handed out: start past them.
             nextID = try metaNumber("next_id", txn) ?? 1
             nextSeq = try metaNumber("next_seq", txn) ?? 1
+            idLimit = nextID
+            seqLimit = nextSeq
         }
         try env.sync()
     }
@@ -84,9 +93,20 @@ final class StoreEngine: @unchecked Sendable {
         try txn.get(t.meta, Array(name.utf8)).map { UInt64(bigEndianBytes: $0) }
     }
 
+    /// Raises the stored bounds, in the same transaction, past every id and seq it used.
     private func saveCounters(_ txn: borrowing LMDBTransaction) throws(StorageError) {
-        try txn.put(t.meta, Array("next_id".utf8), nextID.bigEndianBytes)
-        try txn.put(t.meta, Array("next_seq".utf8), nextSeq.bigEndianBytes)
+        pendingLimits = nil
+        guard nextID > idLimit || nextSeq > seqLimit else { return }
+        let limits = (max(idLimit, nextID + Self.reservation), max(seqLimit, nextSeq + Self.reservation))
+        try txn.put(t.meta, Array("next_id".utf8), limits.0.bigEndianBytes)
+        try txn.put(t.meta, Array("next_seq".utf8), limits.1.bigEndianBytes)
+        pendingLimits = limits
+    }
+
+    /// The transaction that raised the bounds committed: they hold from now on.
+    private func countersCommitted() {
+        if let (i, s) = pendingLimits { idLimit = i; seqLimit = s }
+        pendingLimits = nil
     }
 
     // MARK: Batches
@@ -121,6 +141,7 @@ final class StoreEngine: @unchecked Sendable {
                     }
                     try saveCounters(txn)
                 }
+                countersCommitted()
                 return results
             } catch where error.code == .storageFull {
                 do throws(StorageError) {

@@ -138,7 +138,7 @@ import Testing
         #expect(again.id == a && again.delivery == 2)
         #expect(try await store.takeText("q") == "c")
         let d = try await store.put("q", "d")
-        #expect(d == 4)
+        #expect(d > 3, "ids are never reused across a restart")
     }
 
     @Test func delayedRequeueSurvivesReopen() async throws {

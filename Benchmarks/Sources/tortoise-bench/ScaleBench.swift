@@ -1,0 +1,146 @@
+import ArgumentParser
+import Foundation
+import NIOConcurrencyHelpers
+import TortoiseStorage
+
+/// Scale figures of a real tortoised: memory with 1,000,000 ready tasks and after they
+/// drain, start-up time with 1,000,000 ready and 10,000 in-flight tasks on disk, and
+/// 1,000 queues with 2,000 worker connections at once.
+struct ScaleBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "scale",
+        abstract: "Memory, restart time and connection figures of tortoised at scale."
+    )
+
+    @Option(help: "The tortoised binary.") var tortoised = ".build/release/tortoised"
+    @Option(help: "Where to put the data.") var directory = FileManager.default.temporaryDirectory.path
+    @Option(help: "Ready tasks.") var ready = 1_000_000
+    @Option(help: "In-flight tasks.") var inflight = 10_000
+    @Option(help: "Queues for the connection test.") var queues = 1000
+    @Option(help: "Worker connections for the connection test.") var workers = 2000
+
+    struct Broker {
+        let process: Process
+        let port: Int
+        let startSeconds: Double
+    }
+
+    func start(_ dir: String) throws -> Broker {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: tortoised)
+        p.arguments = ["--data", dir, "--port", "0"]
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = FileHandle(forWritingAtPath: "/dev/null")
+        let t0 = DispatchTime.now()
+        try p.run()
+        var line = [UInt8]()
+        while true {
+            let b = out.fileHandleForReading.readData(ofLength: 1)
+            if b.isEmpty || b.first == 10 { break }
+            line += b
+        }
+        let secs = Double(DispatchTime.now().uptimeNanoseconds - t0.uptimeNanoseconds) / 1e9
+        guard let port = Int(String(decoding: line, as: UTF8.self).split(separator: ":").last ?? "") else {
+            throw BlockingSocket.Failure(description: "tortoised did not start: \(String(decoding: line, as: UTF8.self))")
+        }
+        return Broker(process: p, port: port, startSeconds: secs)
+    }
+
+    func stop(_ b: Broker) {
+        kill(b.process.processIdentifier, SIGTERM)
+        b.process.waitUntilExit()
+    }
+
+    static func memory(_ pid: Int32) -> (anon: Int, total: Int) {
+        let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+        func kb(_ key: String) -> Int {
+            status.split(separator: "\n").first { $0.hasPrefix(key) }.flatMap { Int($0.split(separator: " ", omittingEmptySubsequences: true)[1]) } ?? 0
+        }
+        return (kb("RssAnon:"), kb("VmRSS:"))
+    }
+
+    func mib(_ kb: Int) -> String { String(format: "%.1f MiB", Double(kb) / 1024) }
+
+    func run() async throws {
+        let dir = directory + "/tortoise-scale-\(getpid())"
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try await seed(dir)
+        try measure(dir)
+    }
+
+    func measure(_ dir: String) throws {
+
+        let b = try start(dir)
+        Thread.sleep(forTimeInterval: 1)
+        let full = Self.memory(b.process.processIdentifier)
+        print("start-up with \(ready) ready + \(inflight) in-flight tasks on disk: listening after \(String(format: "%.2f", b.startSeconds)) s")
+        print("memory with \(ready + inflight) waiting tasks: anonymous RSS \(mib(full.anon)) (total RSS \(mib(full.total)), the rest is LMDB's file-backed map)")
+
+        // Drain with 8 workers.
+        let t0 = DispatchTime.now()
+        let total = ready + inflight
+        let done = DispatchGroup()
+        let counter = NIOLockedValueBox(0)
+        for i in 0..<8 {
+            done.enter()
+            Thread {
+                defer { done.leave() }
+                guard let c = try? TortoiseConsumer(port: b.port, queue: "q\(i % 4)") else { return }
+                while let (h, _) = try? c.next(timeout: 2) {
+                    try? c.ack(h)
+                    counter.withLockedValue { $0 += 1 }
+                }
+                try? c.finish()
+            }.start()
+        }
+        done.wait()
+        let consumed = counter.withLockedValue { $0 }
+        let drainSecs = Double(DispatchTime.now().uptimeNanoseconds - t0.uptimeNanoseconds) / 1e9
+        let drained = Self.memory(b.process.processIdentifier)
+        print("drained \(consumed) of \(total) tasks with 8 workers in \(String(format: "%.1f", drainSecs)) s (\(Int(Double(consumed) / drainSecs)) tasks/s)")
+        print("memory after the drain: anonymous RSS \(mib(drained.anon)) (total RSS \(mib(drained.total)))")
+
+        // Many queues and connections at once.
+        var sockets: [TortoiseConsumer] = []
+        let c0 = DispatchTime.now()
+        for i in 0..<workers { sockets.append(try TortoiseConsumer(port: b.port, queue: "many\(i % queues)")) }
+        let producer = try TortoiseProducer(port: b.port, queue: "x")
+        for q in 0..<queues {
+            let p = try TortoiseProducer(port: b.port, queue: "many\(q)")
+            try p.put(Array("task \(q)".utf8))
+            _ = producer
+        }
+        var got = 0
+        for s in sockets { if let (h, _) = try s.next(timeout: 0.01) { try s.ack(h); got += 1 } }
+        let connSecs = Double(DispatchTime.now().uptimeNanoseconds - c0.uptimeNanoseconds) / 1e9
+        let many = Self.memory(b.process.processIdentifier)
+        print("\(workers) worker connections on \(queues) queues: \(got) of \(queues) tasks delivered; set-up and delivery \(String(format: "%.1f", connSecs)) s; anonymous RSS \(mib(many.anon))")
+        stop(b)
+    }
+
+    /// Puts `ready + inflight` tasks over four queues and takes `inflight` of them, through
+    /// the store itself (much faster than over the network), then closes it.
+    func seed(_ dir: String) async throws {
+        var config = TaskStore.Configuration(directory: dir)
+        config.maxMapSize = 64 << 30
+        let store = try TaskStore(config)
+        defer { store.close() }
+        let payload = [UInt8](repeating: 46, count: 100)
+        let total = ready + inflight
+        let callers = 256
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for c in 0..<callers {
+                group.addTask {
+                    for i in stride(from: c, to: total, by: callers) {
+                        _ = try await store.perform(.put(queue: "q\(i % 4)", payload: payload))
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        // Take `inflight` from the fronts: they stay in flight (never acked).
+        for i in 0..<inflight { _ = try await store.perform(.take(queue: "q\(i % 4)")) }
+        print("seeded \(ready) ready and \(inflight) in-flight tasks")
+    }
+}
