@@ -75,6 +75,15 @@ let package = Package(
             path: "Sources/tortoise-storage-stress"
         ),
         .executableTarget(
+            name: "tortoise-torture",
+            dependencies: [
+                "TortoiseClient",
+                "TortoiseProtocol",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ]
+        ),
+        .executableTarget(
             name: "new-task",
             dependencies: ["TortoiseClient"],
             path: "Examples/new-task"

@@ -23,7 +23,13 @@ work=$(mktemp -d /tmp/tortoise-compare-XXXXXX)
 pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    sleep 1
+    # Give each a clean stop; only what is still running after 15 s is killed.
+    for _ in $(seq 1 150); do
+        alive=0
+        for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+        [ $alive = 0 ] && break
+        sleep 0.1
+    done
     for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
     rm -rf "$work"
 }

@@ -29,6 +29,7 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
     var taking = false
     private var epoch: UInt64 = 0
     private(set) var closed = false
+    private var authTimer: Scheduled<Void>?
 
     init(broker: Broker) {
         self.broker = broker
@@ -52,6 +53,18 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
             let channel = context.channel
             context.writeAndFlush(wrapOutboundOut(b)).whenComplete { _ in channel.close(promise: nil) }
             return
+        }
+        if !authenticated && broker.config.authTimeoutSeconds > 0 {
+            // A connection that never authenticates does not get to hold a slot for ever.
+            let seconds = broker.config.authTimeoutSeconds
+            let channel = context.channel
+            authTimer = context.eventLoop.scheduleTask(in: .seconds(Int64(seconds))) { [self] in
+                guard !authenticated, !closed else { return }
+                var b = channel.allocator.buffer(capacity: 80)
+                ServerFrame.error(code: ErrorCode.noAuth.rawValue, message: "no AUTH within \(seconds)s; closing").write(to: &b)
+                stopParsing = true
+                channel.writeAndFlush(b).whenComplete { _ in channel.close(promise: nil) }
+            }
         }
         context.fireChannelActive()
     }
@@ -221,6 +234,7 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
             if let expected = broker.config.token {
                 if constantTimeEquals(token, expected) {
                     authenticated = true
+                    authTimer?.cancel()
                     replyNow(.ok([]))
                 } else {
                     replyNow(.error(ProtocolError(.denied, "wrong token")))
@@ -439,6 +453,7 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
         guard !closed else { return }
         closed = true
         heldTimer?.cancel()
+        authTimer?.cancel()
         if let id = held {
             held = nil
             broker.release(id)

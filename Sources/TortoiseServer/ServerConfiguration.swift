@@ -22,6 +22,8 @@ public struct ServerConfiguration: Sendable {
     public var maxStorageBytes = 256 << 30
     /// The most client connections at once; more are refused.
     public var maxConnections = 10_000
+    /// Seconds a connection may stay without a successful `AUTH` when a token is set.
+    public var authTimeoutSeconds = 10
     /// Replies a connection may have outstanding before the broker stops reading from it.
     public var maxPendingReplies = 4096
 

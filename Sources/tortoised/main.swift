@@ -52,6 +52,9 @@ struct Tortoised: AsyncParsableCommand {
     @Option(name: .customLong("max-connections"), help: "The most client connections at once.")
     var maxConnections = 10_000
 
+    @Option(name: .customLong("auth-timeout"), help: "With a token: seconds a connection may stay without AUTH (0: no limit).")
+    var authTimeout = 10
+
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be from 0 to 65535") }
         guard maxBody > 0 && maxBody <= 1 << 30 else { throw ValidationError("--max-body must be from 1 to 1073741824 bytes") }
@@ -59,6 +62,7 @@ struct Tortoised: AsyncParsableCommand {
         guard ackTimeout >= 0 else { throw ValidationError("--ack-timeout must be 0 or more seconds") }
         guard maxStorage >= 4 else { throw ValidationError("--max-storage must be at least 4 (MiB)") }
         guard maxConnections > 0 else { throw ValidationError("--max-connections must be at least 1") }
+        guard authTimeout >= 0 else { throw ValidationError("--auth-timeout must be 0 or more seconds") }
         if let r = failedRetention, WireTime.parseDuration(r) == nil {
             throw ValidationError("--failed-retention '\(r)' is not a duration like 90s, 30m, 12h or 30d")
         }
@@ -82,6 +86,8 @@ struct Tortoised: AsyncParsableCommand {
         config.failedRetentionMillis = failedRetention.flatMap(WireTime.parseDuration)
         config.maxStorageBytes = maxStorage << 20
         config.maxConnections = maxConnections
+        config.authTimeoutSeconds = authTimeout
+        raiseOpenFileLimit(to: maxConnections + 64, logger: logger)
 
         // Signals arrive on a dispatch source, not as a default handler that kills us.
         signal(SIGINT, SIG_IGN)
@@ -116,5 +122,20 @@ struct Tortoised: AsyncParsableCommand {
         await server.shutdown()
         _ = sources
         logger.info("stopped cleanly")
+    }
+}
+
+/// Raises the soft limit of open files towards `wanted` (up to the hard limit), so that
+/// `--max-connections` can be reached.
+func raiseOpenFileLimit(to wanted: Int, logger: Logger) {
+    var limit = rlimit()
+    guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return }
+    let target = min(rlim_t(wanted), limit.rlim_max)
+    if limit.rlim_cur < target {
+        limit.rlim_cur = target
+        setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+    }
+    if Int(limit.rlim_cur) < wanted {
+        logger.warning("open-file limit \(limit.rlim_cur) is below --max-connections \(wanted - 64); raise it (ulimit -n)")
     }
 }

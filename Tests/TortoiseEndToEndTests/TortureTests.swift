@@ -1,0 +1,25 @@
+import Foundation
+import Testing
+
+/// The crash-torture tool in its short mode: SIGKILL under load, restart, and the checks
+/// of everything the clients were told.
+@Suite(.serialized) struct TortureTests {
+    @Test func shortCrashTortureFindsNoProblem() throws {
+        let r = try Tool.run("tortoise-torture", ["--short", "--tortoised", BrokerProcess.binary("tortoised")], timeout: 180)
+        #expect(r.status == 0, "\(r.stdout)\n\(r.stderr.suffix(2000))")
+        #expect(r.stdout.contains("crash cycles survived: 8"))
+        #expect(r.stdout.contains("0 problems"))
+    }
+
+    @Test func connectionsThatNeverAuthenticateAreClosed() throws {
+        let broker = try BrokerProcess(arguments: ["--auth-timeout", "1"], environment: ["TORTOISE_TOKEN": "t"])
+        let idle = try broker.client()
+        let f = try idle.frame(timeout: 5)
+        #expect(f.errorCode == "NOAUTH")
+        #expect(try idle.waitForClose())
+        let ok = try broker.client()
+        #expect(try ok.call("AUTH t") == .ok([]))
+        Thread.sleep(forTimeInterval: 1.3)
+        #expect(try ok.call("PING") == .ok(["PONG"]))
+    }
+}
