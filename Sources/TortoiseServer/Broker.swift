@@ -62,27 +62,37 @@ final class Broker: @unchecked Sendable {
 
     // MARK: Dispatch
 
-    /// Hands available tasks of `queue` to its idle workers, longest idle first.
+    /// Tasks handed to workers whose claim the writer has not committed yet: the next
+    /// read of the ready table must skip them.
+    private var claiming = Set<TaskID>()
+
+    /// Hands available tasks of `queue` to its idle workers, longest idle first. The task
+    /// is read straight from the store and sent at once; marking it in flight follows
+    /// through the writer (a crash before that commits finds it still ready, as it should).
     func dispatch(_ queue: String) {
         guard !shuttingDown else { return }
         while let worker = dispatcher.claim(queue) {
-            worker.taking = true
-            submit(.take(queue: queue)) { [self] result in
-                worker.taking = false
-                switch result {
-                case .success(.taken(let task?)):
-                    if worker.closed || shuttingDown {
-                        release(task.id)
-                    } else {
-                        worker.deliver(task)
-                    }
-                case .success:
-                    // Nothing was ready after all (the count was ahead): just idle again.
-                    worker.becomeIdle()
-                case .failure(let error):
-                    logger.error("taking a task from \(queue) failed: \(error.message)")
-                    dispatcher.addAvailable(queue, 1)
-                    loop.scheduleTask(in: .milliseconds(200)) { worker.becomeIdle() }
+            let task: DeliveredTask?
+            do throws(StorageError) {
+                task = try store.peekReady(queue, skipping: claiming)
+            } catch {
+                logger.error("reading the next task of \(queue) failed: \(error.message)")
+                dispatcher.addAvailable(queue, 1)
+                worker.becomeIdleLater(in: .milliseconds(200))
+                return
+            }
+            guard let task else {
+                // The count was ahead of the store: nothing to hand out after all.
+                dispatcher.resetAvailable(queue)
+                worker.becomeIdle()
+                return
+            }
+            claiming.insert(task.id)
+            worker.deliver(task)
+            submit(.claim(task.id)) { [self] result in
+                claiming.remove(task.id)
+                if case .failure(let e) = result {
+                    logger.error("marking task \(task.id) in flight failed: \(e.message)")
                 }
             }
         }

@@ -26,7 +26,6 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
     private(set) var subscriptions: [String] = []
     private var held: TaskID?
     private var heldTimer: Scheduled<Void>?
-    var taking = false
     private var epoch: UInt64 = 0
     private(set) var closed = false
     private var authTimer: Scheduled<Void>?
@@ -39,7 +38,7 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
 
     /// Whether this worker is idle since it was marked so with `epoch`.
     func isIdle(epoch: UInt64) -> Bool {
-        !closed && held == nil && !taking && self.epoch == epoch
+        !closed && held == nil && self.epoch == epoch
     }
 
     // MARK: Channel events
@@ -260,7 +259,7 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
             if !subscriptions.contains(queue) {
                 subscriptions.append(queue)
                 broker.dispatcher.subscribe(queue)
-                if held == nil && !taking {
+                if held == nil {
                     broker.dispatcher.markIdle(self, epoch: epoch, in: queue)
                 }
             }
@@ -411,18 +410,22 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
 
     /// The worker is free: it joins the idle line of each of its queues and may get a task at once.
     func becomeIdle() {
-        guard !closed, !subscriptions.isEmpty, held == nil, !taking else { return }
+        guard !closed, !subscriptions.isEmpty, held == nil else { return }
         epoch &+= 1
         for q in subscriptions { broker.dispatcher.markIdle(self, epoch: epoch, in: q) }
         for q in subscriptions {
             broker.dispatch(q)
-            if held != nil || taking { break }
+            if held != nil { break }
         }
     }
 
+    func becomeIdleLater(in delay: TimeAmount) {
+        broker.loop.scheduleTask(in: delay) { [self] in becomeIdle() }
+    }
+
     func deliver(_ task: DeliveredTask) {
-        guard let context else { return }
         held = task.id
+        guard let context else { return }
         var b = context.channel.allocator.buffer(capacity: task.payload.count + 64)
         ServerFrame.message(id: task.id, queue: task.queue, delivery: task.delivery, payload: ByteBuffer(bytes: task.payload)).write(to: &b)
         context.writeAndFlush(wrapOutboundOut(b), promise: nil)

@@ -24,6 +24,10 @@ struct Dispatcher {
         queues[queue, default: QueueState()].available += n
     }
 
+    mutating func resetAvailable(_ queue: String) {
+        queues[queue]?.available = 0
+    }
+
     mutating func subscribe(_ queue: String) {
         queues[queue, default: QueueState()].workers += 1
     }

@@ -173,6 +173,19 @@ final class StoreEngine: @unchecked Sendable {
             return .put(id)
         case let .take(queue):
             return .taken(try take(queue, txn))
+        case let .claim(id):
+            guard let bytes = try txn.get(t.tasks, StoreTables.taskKey(id)) else {
+                throw StorageError(.notFound, "task \(id) is not ready")
+            }
+            var rec = try TaskRecord(decoding: bytes)
+            guard rec.state == .ready else { throw StorageError(.notFound, "task \(id) is not ready") }
+            try txn.delete(t.ready, StoreTables.readyKey(rec.queue, rec.seq))
+            rec.state = .inflight
+            rec.deliveries += 1
+            try txn.put(t.tasks, StoreTables.taskKey(id), rec.encoded())
+            try txn.put(t.inflight, StoreTables.taskKey(id), [])
+            try adjust(rec.queue, txn) { $0.ready -= 1; $0.inflight += 1 }
+            return .claimed
         case let .ack(id):
             let rec = try inflight(id, txn)
             try txn.delete(t.inflight, StoreTables.taskKey(id))
@@ -378,6 +391,24 @@ final class StoreEngine: @unchecked Sendable {
 
     func pruned() throws(StorageError) -> Int {
         try read { (txn) throws(StorageError) in Int(try metaNumber("pruned", txn) ?? 0) }
+    }
+
+    func peekReady(_ queue: String, skipping: Set<TaskID>) throws(StorageError) -> DeliveredTask? {
+        try read { (txn) throws(StorageError) -> DeliveredTask? in
+            let prefix = StoreTables.queuePrefix(queue)
+            return try txn.withCursor(t.ready) { (c) throws(StorageError) -> DeliveredTask? in
+                var e = try c.seek(atOrAfter: prefix)
+                while let entry = e, entry.key.starts(with: prefix) {
+                    let id = UInt64(bigEndianBytes: entry.value)
+                    if !skipping.contains(id), let bytes = try txn.get(t.tasks, StoreTables.taskKey(id)) {
+                        let rec = try TaskRecord(decoding: bytes)
+                        return DeliveredTask(id: id, queue: queue, payload: rec.payload, delivery: Int(rec.deliveries) + 1)
+                    }
+                    e = try c.next()
+                }
+                return nil
+            }
+        }
     }
 
     func nextDelayedDue() throws(StorageError) -> Millis? {

@@ -4,6 +4,9 @@ public enum StoreOperation: Sendable {
     case put(queue: String, payload: [UInt8])
     /// Takes the front ready task of `queue` for delivery (nil when there is none).
     case take(queue: String)
+    /// Marks a ready task, chosen with ``TaskStore/peekReady(_:skipping:)`` and already
+    /// handed to a worker, as in flight (deliveries + 1).
+    case claim(TaskID)
     /// The task is done: remove it.
     case ack(TaskID)
     /// The task failed: move it to the failed store with `error`.
@@ -24,7 +27,7 @@ public enum StoreOperation: Sendable {
     /// Whether the caller must hear back only after the change is on disk.
     public var isDurable: Bool {
         switch self {
-        case .take, .release, .promoteDue: return false
+        case .take, .claim, .release, .promoteDue: return false
         default: return true
         }
     }
@@ -54,6 +57,8 @@ public enum StoreOutcome: Sendable, Equatable {
     case put(TaskID)
     /// The task taken, or nil when the queue had none ready.
     case taken(DeliveredTask?)
+    /// The task is in flight.
+    case claimed
     /// The task was removed.
     case acked
     /// The task is in the failed store, in `queue`.

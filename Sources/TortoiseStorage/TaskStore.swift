@@ -175,6 +175,14 @@ public final class TaskStore: @unchecked Sendable {
     /// How many failures retention has removed since the data directory was created.
     public func prunedCount() throws(StorageError) -> Int { try engine.pruned() }
 
+    /// The front ready task of `queue` whose id is not in `skipping` (tasks handed out whose
+    /// ``StoreOperation/claim(_:)`` is not committed yet), read without the writer, with
+    /// the delivery number it gets when claimed. Lets a broker hand a worker its next task
+    /// at once; the claim follows through the writer.
+    public func peekReady(_ queue: String, skipping: Set<TaskID>) throws(StorageError) -> DeliveredTask? {
+        try engine.peekReady(queue, skipping: skipping)
+    }
+
     /// When the soonest delayed task becomes ready, if any waits.
     public func nextDelayedDue() throws(StorageError) -> Millis? { try engine.nextDelayedDue() }
 
