@@ -13,6 +13,8 @@ public struct StorageError: Error, CustomStringConvertible, Equatable, Sendable 
         /// The store reached its configured size ceiling (or the disk is full): the write
         /// was not applied; everything already stored is intact.
         case storageFull
+        /// The disk under the data directory is full: the write was not applied.
+        case diskFull
         /// Another process holds the data directory.
         case locked
         /// The data directory was written by a newer TortoiseMQ.
@@ -47,7 +49,7 @@ public struct StorageError: Error, CustomStringConvertible, Equatable, Sendable 
         case MDB_MAP_FULL:
             return StorageError(.storageFull, "storage full: \(what) needs more space than the configured maximum store size")
         case ENOSPC:
-            return StorageError(.storageFull, "storage full: no space left on the device (\(what))")
+            return StorageError(.diskFull, "storage full: no space left on the device (\(what))")
         case MDB_NOTFOUND:
             return StorageError(.notFound, "\(what): not found")
         case MDB_CORRUPTED, MDB_PAGE_NOTFOUND, MDB_INVALID, MDB_VERSION_MISMATCH:

@@ -53,6 +53,9 @@ final class StoreEngine: @unchecked Sendable {
         }
         index = FailedIndex(t: t)
         self.maxDeliveries = maxDeliveries
+        ballastPath = directory + "/RESERVE"
+        ballastBytes = max(1 << 20, min(8 << 20, options.maxMapSize / 32))
+        if !Self.allocateBallast(ballastPath, ballastBytes) { diskFullRetryAt = 0 }
         try env.withWriteTransaction { (txn) throws(StorageError) in
             if let f = try txn.get(t.meta, Array("format".utf8)) {
                 var r = ByteReader(f)
@@ -74,6 +77,12 @@ final class StoreEngine: @unchecked Sendable {
     }
 
     private var lockReleased = false
+    /// A file of free room kept in the data directory: when the disk fills up it is
+    /// removed, so that acks and deletes (which need a few fresh pages) still commit.
+    private let ballastPath: String
+    private let ballastBytes: Int
+    /// While the disk is full: when the ballast was last tried again.
+    private var diskFullRetryAt: Millis?
 
     deinit {
         shutDown()
@@ -87,6 +96,39 @@ final class StoreEngine: @unchecked Sendable {
             lockReleased = true
             close(lockFD)
         }
+    }
+
+    /// Creates (or completes) the ballast file; false when the disk has no room for it.
+    static func allocateBallast(_ path: String, _ bytes: Int) -> Bool {
+        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o640)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        if posix_fallocate(fd, 0, off_t(bytes)) != 0 {
+            _ = ftruncate(fd, 0)
+            return false
+        }
+        return fsync(fd) == 0
+    }
+
+    /// Whether the filesystem holding `path` has (almost) no room left.
+    static func hasNoRoom(_ path: String) -> Bool {
+        var st = statvfs()
+        let dir = String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)])
+        guard statvfs(dir.isEmpty ? "." : dir, &st) == 0 else { return false }
+        return Int(st.f_bavail) * Int(st.f_frsize) < 1 << 20
+    }
+
+    /// Whether only changes that add nothing may run because the disk is full; tries to
+    /// take the room back now and then.
+    private func diskStillFull(now: Millis) -> Bool {
+        guard let retry = diskFullRetryAt else { return false }
+        if now < retry { return true }
+        if Self.allocateBallast(ballastPath, ballastBytes) {
+            diskFullRetryAt = nil
+            return false
+        }
+        diskFullRetryAt = now + 1000
+        return true
     }
 
     private func metaNumber(_ name: String, _ txn: borrowing LMDBTransaction) throws(StorageError) -> UInt64? {
@@ -117,8 +159,8 @@ final class StoreEngine: @unchecked Sendable {
     /// at the ceiling, operations that add data fail with `storageFull` and the rest run.
     func apply(_ ops: [StoreOperation]) -> [Result<StoreOutcome, StorageError>] {
         // Past the ceiling (in the reserve), only changes that add nothing run.
-        var full = false
-        if env.mapSize > env.maxMapSize {
+        var full = diskStillFull(now: currentMillis())
+        if !full && env.mapSize > env.maxMapSize {
             let free = (try? env.freeBytes()) ?? 0
             full = env.usedBytes - free >= env.maxMapSize - env.reserve / 4
         }
@@ -130,7 +172,9 @@ final class StoreEngine: @unchecked Sendable {
                 try env.withWriteTransaction { (txn) throws(StorageError) in
                     for op in ops {
                         if full && op.adds {
-                            results.append(.failure(StorageError(.storageFull, "storage full: the store reached its maximum size (\(env.maxMapSize >> 20) MiB); the change was not applied")))
+                            results.append(.failure(diskFullRetryAt != nil
+                                ? StorageError(.diskFull, "storage full: no space left on the device; the change was not applied")
+                                : StorageError(.storageFull, "storage full: the store reached its maximum size (\(env.maxMapSize >> 20) MiB); the change was not applied")))
                             continue
                         }
                         do throws(StorageError) {
@@ -143,6 +187,15 @@ final class StoreEngine: @unchecked Sendable {
                 }
                 countersCommitted()
                 return results
+            } catch where error.code == .diskFull || (error.code == .io && Self.hasNoRoom(ballastPath)) {
+                // LMDB reports a write cut short by a full disk as EIO: ask the filesystem.
+                // Give up the ballast's room to the changes that free space, and refuse
+                // the ones that add data until the disk has room again.
+                guard !full, unlink(ballastPath) == 0 || errno == ENOENT else {
+                    return ops.map { _ in .failure(error) }
+                }
+                full = true
+                diskFullRetryAt = currentMillis() + 1000
             } catch where error.code == .storageFull {
                 do throws(StorageError) {
                     if !full {

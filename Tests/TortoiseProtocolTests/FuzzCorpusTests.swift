@@ -1,0 +1,64 @@
+import Foundation
+import NIOCore
+import Testing
+import TortoiseProtocol
+import TortoiseStorage
+
+/// Replays the fuzzers' corpora (Fuzz/Corpus) with the fuzzers' own checks, so that every
+/// input they ever found interesting stays a regression test.
+@Suite struct FuzzCorpusTests {
+    static let corpus = URL(fileURLWithPath: #filePath)
+        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("Fuzz/Corpus")
+
+    static func inputs(_ fuzzer: String) -> [[UInt8]] {
+        let dir = corpus.appendingPathComponent(fuzzer)
+        let files = (try? FileManager.default.contentsOfDirectory(atPath: dir.path)) ?? []
+        return files.sorted().compactMap { FileManager.default.contents(atPath: dir.appendingPathComponent($0).path).map { Array($0) } }
+    }
+
+    func parse(_ chunks: [ArraySlice<UInt8>]) -> [String] {
+        var parser = CommandParser(maxBody: 4096)
+        var buffer = ByteBuffer()
+        var out: [String] = []
+        for c in chunks {
+            buffer.writeBytes(c)
+            while let r = parser.next(from: &buffer) {
+                switch r {
+                case .success(let cmd):
+                    var b = ByteBuffer()
+                    cmd.write(to: &b)
+                    out.append(String(decoding: b.readableBytesView, as: UTF8.self))
+                case .failure(let e):
+                    out.append(e.description)
+                }
+            }
+        }
+        return out
+    }
+
+    @Test func commandParserCorpus() {
+        let inputs = Self.inputs("FuzzCommandParser")
+        #expect(inputs.count >= 2)
+        for bytes in inputs {
+            let cut = bytes.isEmpty ? 0 : Int(bytes[0]) % (bytes.count + 1)
+            #expect(parse([bytes[...]]) == parse([bytes[..<cut], bytes[cut...]]))
+        }
+    }
+
+    @Test func queryParserCorpus() {
+        let inputs = Self.inputs("FuzzQueryParser")
+        #expect(inputs.count >= 2)
+        for bytes in inputs {
+            let text = String(decoding: bytes, as: UTF8.self)
+            switch QueryParser.parse(text, now: 1_800_000_000_000) {
+            case .success(let q):
+                let task = FailedTask(id: 1, queue: "q", error: text, group: ErrorFingerprint.group(of: text),
+                                      deliveries: 1, replays: 0, failedAt: 1_800_000_000_000, payload: bytes)
+                _ = q.matches(task)
+            case .failure(let e):
+                #expect(e.code == .badArgument && e.message.hasPrefix("query error at character "))
+            }
+        }
+    }
+}
