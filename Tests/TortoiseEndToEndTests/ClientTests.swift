@@ -154,6 +154,25 @@ final class EventLog: Sendable {
         try await run.value
     }
 
+    @Test func longHandlersAreTouchedPastTheAckTimeout() async throws {
+        let broker = try BrokerProcess(arguments: ["--ack-timeout", "1"])
+        let client = try await TortoiseClient.connect(broker.clientConfiguration)
+        let log = EventLog()
+        var options = TortoiseWorker.Options()
+        options.touchInterval = .milliseconds(300)
+        options.onEvent = { log.record($0) }
+        let worker = TortoiseWorker(configuration: broker.clientConfiguration, queues: ["slow"], options: options) { _ in
+            try await Task.sleep(for: .milliseconds(2500))
+        }
+        let run = Task { try await worker.run() }
+        let id = try await client.put("slow", "x")
+        #expect(await log.wait(until: { $0.contains(.acknowledged(id)) }, timeout: 10))
+        #expect(!log.all.contains(.timedOut(id)))
+        #expect(!log.all.contains { if case .disconnected = $0 { return true } else { return false } })
+        worker.stop()
+        try await run.value
+    }
+
     @Test func stopFinishesTheTaskInHandThenCloses() async throws {
         let broker = try BrokerProcess()
         let client = try await TortoiseClient.connect(broker.clientConfiguration)

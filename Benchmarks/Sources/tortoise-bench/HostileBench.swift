@@ -1,0 +1,78 @@
+import ArgumentParser
+import Foundation
+import NIOConcurrencyHelpers
+
+/// Hostile clients against a running tortoised: the PING latency of a well-behaved
+/// client and the broker's memory, at rest and while thousands of idle connections,
+/// one-byte-a-second senders, clients that never read and pipelined floods hit it.
+struct HostileBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "hostile",
+        abstract: "A normal client's latency and the broker's memory under hostile clients."
+    )
+
+    @Option(help: "The broker's port.") var port = 7654
+    @Option(help: "The broker's process id (for its memory).") var pid: Int32
+    @Option(help: "Idle connections.") var idle = 5000
+    @Option(help: "Slow senders (one byte a second).") var slow = 50
+    @Option(help: "Clients that flood pipelined commands and never read.") var floods = 4
+    @Option(help: "Seconds per phase.") var seconds = 5.0
+
+    func latency(_ label: String) throws {
+        let s = try BlockingSocket(port: port)
+        var samples: [Double] = []
+        let end = DispatchTime.now() + .milliseconds(Int(seconds * 1000))
+        while DispatchTime.now() < end {
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            try s.write("PING\r\n")
+            guard try s.readLine() == "OK PONG" else { throw BlockingSocket.Failure(description: "bad PING reply") }
+            samples.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6)
+            usleep(2000)
+        }
+        samples.sort()
+        let mem = ScaleBench.memory(pid)
+        print(String(format: "%-48@ PING p50 %6.3f ms  p99 %6.3f ms  max %7.3f ms  broker anonymous RSS %6.1f MiB",
+                     label as NSString, samples[samples.count / 2], samples[Int(Double(samples.count) * 0.99)], samples.last!, Double(mem.anon) / 1024))
+    }
+
+    func run() throws {
+        try latency("baseline")
+        var held: [BlockingSocket] = []
+        for _ in 0..<idle { held.append(try BlockingSocket(port: port)) }
+        try latency("+ \(idle) idle connections")
+
+        let running = NIOLockedValueBox(true)
+        let line = Array("PUT slow 5\r\nhello\r\n".utf8)
+        for _ in 0..<slow {
+            let s = try BlockingSocket(port: port)
+            Thread {
+                var i = 0
+                while true {
+                    if !running.withLockedValue({ $0 }) { return }
+                    _ = try? s.write([line[i % line.count]])
+                    i += 1
+                    sleep(1)
+                }
+            }.start()
+        }
+        try latency("+ \(slow) senders of one byte a second")
+
+        let flood = Array(String(repeating: "PING\r\nPUT flood 3\r\nabc\r\n", count: 5000).utf8)
+        for _ in 0..<floods {
+            let s = try BlockingSocket(port: port)
+            fcntl(s.fd, F_SETFL, fcntl(s.fd, F_GETFL) | O_NONBLOCK)
+            Thread {
+                while true {
+                    if !running.withLockedValue({ $0 }) { return }
+                    _ = flood.withUnsafeBytes { Glibc.send(s.fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
+                    usleep(1000)
+                }
+            }.start()
+        }
+        try latency("+ \(floods) flooding clients that never read")
+        running.withLockedValue { $0 = false }
+        held.removeAll()
+        Thread.sleep(forTimeInterval: 1.5)
+        try latency("after they all went away")
+    }
+}
