@@ -2,7 +2,7 @@ import Foundation
 
 /// A blocking TCP connection to 127.0.0.1 with buffered reads: the load generator gives
 /// each producer and worker its own thread and connection, the same for every broker.
-final class BlockingSocket {
+final class BlockingSocket: @unchecked Sendable { // each one is used by one thread at a time
     let fd: Int32
     private var buffer = [UInt8](repeating: 0, count: 1 << 16)
     private var start = 0
