@@ -25,7 +25,7 @@ public struct ServerConfiguration: Sendable {
     /// Seconds a connection may stay without a successful `AUTH` when a token is set.
     public var authTimeoutSeconds = 10
     /// Replies a connection may have outstanding before the broker stops reading from it.
-    public var maxPendingReplies = 4096
+    public var maxPendingReplies = 256
 
     /// The defaults of the command-line contract.
     public init() {}

@@ -115,12 +115,14 @@ struct Tortoised: AsyncParsableCommand {
         logger.info("data directory \(data); auth \(config.token == nil ? "off" : "on"); ack timeout \(ackTimeout)s; max deliveries \(maxDeliveries)")
         FileHandle.standardOutput.write(Data("tortoised listening on \(host):\(bound)\n".utf8))
 
+        // The signal sources must live until a signal came: an optimised build would
+        // otherwise free them after their last use, and the signals would be ignored.
+        defer { withExtendedLifetime(sources) {} }
         for await sig in stop.stream {
             logger.info("got \(sig == SIGINT ? "SIGINT" : "SIGTERM"); shutting down")
             break
         }
         await server.shutdown()
-        _ = sources
         logger.info("stopped cleanly")
     }
 }
