@@ -23,6 +23,10 @@ public struct CommandParser: Sendable {
         self.maxBody = maxBody
     }
 
+    /// How many bytes the body being read still needs in all (0 between commands): a
+    /// reader that bounds its buffer must allow at least this much.
+    public var bodyBytesWanted: Int { pending.map { $0.length + 2 } ?? 0 }
+
     /// The next command or error from `buffer`, consuming its bytes; nil when incomplete.
     public mutating func next(from buffer: inout ByteBuffer) -> Result<Command, ProtocolError>? {
         if stopped { return nil }

@@ -21,6 +21,7 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
     private var readPending = false
     private var inReadLoop = false
     private var needsFlush = false
+    private var needsDrain = false
 
     // Worker state.
     private(set) var subscriptions: [String] = []
@@ -99,8 +100,14 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
         context.close(promise: nil)
     }
 
+    /// Enough unparsed input is buffered: read no more until it is parsed (a body being
+    /// read may always arrive whole).
+    private var inputFull: Bool {
+        inbound.readableBytes >= max(Self.maxBufferedInput, parser.bodyBytesWanted + 1024)
+    }
+
     func read(context: ChannelHandlerContext) {
-        if throttled || inbound.readableBytes >= Self.maxBufferedInput {
+        if throttled || inputFull {
             readPending = true
         } else {
             context.read()
@@ -113,15 +120,15 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
     }
 
     /// Unparsed input past which the broker stops reading from the client.
-    private static let maxBufferedInput = 64 << 10
+    private static let maxBufferedInput = 16 << 10
     /// Commands handled in one turn before other connections get theirs.
-    private static let commandsPerTurn = 256
+    private static let commandsPerTurn = 2048
     private var turnScheduled = false
 
     private func resume() {
         guard let context, !closed else { return }
         processInbound()
-        if !throttled && readPending && inbound.readableBytes < Self.maxBufferedInput {
+        if !throttled && readPending && !inputFull {
             readPending = false
             context.read()
         }
@@ -145,18 +152,27 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
             inbound.discardReadBytes()
         }
         inReadLoop = false
+        if needsDrain {
+            needsDrain = false
+            flushReplies(resumeReading: false)
+        }
         if needsFlush, let context {
             needsFlush = false
             context.flush()
         }
-        if handled == Self.commandsPerTurn && !turnScheduled, let context {
+        guard let context, !stopParsing, !throttled else { return }
+        if handled == Self.commandsPerTurn {
             // More may be waiting: continue after the other connections had a turn (a
             // timed task, so that the loop polls for I/O in between).
+            guard !turnScheduled else { return }
             turnScheduled = true
-            context.eventLoop.scheduleTask(in: .microseconds(20)) { [self] in
+            context.eventLoop.scheduleTask(in: .milliseconds(1)) { [self] in
                 turnScheduled = false
                 resume()
             }
+        } else if readPending && !inputFull {
+            readPending = false
+            context.read()
         }
     }
 
@@ -166,7 +182,8 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
         let slot = replies.reserve()
         slot.frame = frame
         slot.closeAfter = closeAfter
-        flushReplies()
+        // Inside a turn of parsing, replies are gathered and written once at its end.
+        if inReadLoop { needsDrain = true } else { flushReplies() }
     }
 
     private func fill(_ slot: ReplyQueue.Slot, _ frame: ServerFrame) {
@@ -174,7 +191,7 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
         flushReplies()
     }
 
-    private func flushReplies() {
+    private func flushReplies(resumeReading: Bool = true) {
         guard let context else { return }
         let wasThrottled = throttled
         var wrote = false
@@ -200,7 +217,7 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
         }
         guard wrote else { return }
         if inReadLoop { needsFlush = true } else { context.flush() }
-        if wasThrottled && !inReadLoop { resume() }
+        if resumeReading && wasThrottled && !inReadLoop { resume() }
     }
 
     /// Answers a read once every earlier command of this connection has its reply, so
@@ -208,7 +225,7 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
     private func whenEarlierRepliesAreDone(_ action: @escaping (ReplyQueue.Slot) -> Void) {
         let slot = replies.reserve()
         slot.onHead = action
-        flushReplies()
+        if inReadLoop { needsDrain = true } else { flushReplies() }
     }
 
     private func internalError(_ e: StorageError) -> ServerFrame {
@@ -426,6 +443,11 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
     func deliver(_ task: DeliveredTask) {
         held = task.id
         guard let context else { return }
+        // Replies to the commands before this push go out first (e.g. SUB's OK).
+        if needsDrain {
+            needsDrain = false
+            flushReplies(resumeReading: false)
+        }
         var b = context.channel.allocator.buffer(capacity: task.payload.count + 64)
         ServerFrame.message(id: task.id, queue: task.queue, delivery: task.delivery, payload: ByteBuffer(bytes: task.payload)).write(to: &b)
         context.writeAndFlush(wrapOutboundOut(b), promise: nil)

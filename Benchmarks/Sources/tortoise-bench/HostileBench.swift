@@ -57,19 +57,23 @@ struct HostileBench: ParsableCommand {
         }
         try latency("+ \(slow) senders of one byte a second")
 
-        let flood = Array(String(repeating: "PING\r\nPUT flood 3\r\nabc\r\n", count: 5000).utf8)
-        for _ in 0..<floods {
-            let s = try BlockingSocket(port: port)
-            fcntl(s.fd, F_SETFL, fcntl(s.fd, F_GETFL) | O_NONBLOCK)
-            Thread {
-                while true {
-                    if !running.withLockedValue({ $0 }) { return }
-                    _ = flood.withUnsafeBytes { Glibc.send(s.fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
-                    usleep(1000)
-                }
-            }.start()
+        for (kind, text) in [("PING", "PING\r\n"), ("PUT", "PUT flood 3\r\nabc\r\n")] {
+            let flooding = NIOLockedValueBox(true)
+            let flood = Array(String(repeating: text, count: 5000).utf8)
+            for _ in 0..<floods {
+                let s = try BlockingSocket(port: port)
+                _ = fcntl(s.fd, F_SETFL, fcntl(s.fd, F_GETFL) | O_NONBLOCK)
+                Thread {
+                    while flooding.withLockedValue({ $0 }) {
+                        _ = flood.withUnsafeBytes { Glibc.send(s.fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
+                        usleep(1000)
+                    }
+                }.start()
+            }
+            try latency("+ \(floods) clients flooding \(kind)s, never reading")
+            flooding.withLockedValue { $0 = false }
+            Thread.sleep(forTimeInterval: 1)
         }
-        try latency("+ \(floods) flooding clients that never read")
         running.withLockedValue { $0 = false }
         held.removeAll()
         Thread.sleep(forTimeInterval: 1.5)
