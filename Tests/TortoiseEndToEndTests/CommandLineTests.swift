@@ -113,6 +113,29 @@ import TortoiseProtocol
         }
     }
 
+    @Test func idleConnectionsAndOneByteASecondSendersDoNotBlockWork() throws {
+        let broker = try BrokerProcess()
+        let idle = try (0..<1000).map { _ in try broker.client() }
+        let slow = try (0..<20).map { _ in try broker.client() }
+        for c in slow { c.send("PUT q") } // half a command each, and then nothing for a while
+        let p = try broker.client()
+        let w = try broker.client()
+        #expect(try w.call("SUB work") == .ok([]))
+        for round in 0..<3 {
+            for c in slow { c.send(" ") }
+            let id = try p.put("work", "job \(round)")
+            let m = try w.message(timeout: 5)
+            #expect(m.id == id)
+            #expect(try w.call("ACK \(m.id)") == .ok([]))
+        }
+        #expect(try p.stats().connections == 1000 + 20 + 2)
+        // The slow senders finish their commands, byte by byte, and are answered.
+        for c in slow { c.send("1\r\n") }
+        for c in slow { c.send("x\r\n") }
+        for c in slow { #expect(try c.frame().isOK) }
+        _ = idle
+    }
+
     @Test func garbageBytesNeverCrashTheBroker() throws {
         let broker = try BrokerProcess()
         var rng = SystemRandomNumberGenerator()
