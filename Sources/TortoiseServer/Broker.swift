@@ -1,4 +1,5 @@
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import TortoiseProtocol
@@ -44,8 +45,39 @@ final class Broker: @unchecked Sendable {
 
     /// Submits a change to the store; `completion` runs on the loop.
     func submit(_ op: StoreOperation, _ completion: @escaping @Sendable (Result<StoreOutcome, StorageError>) -> Void) {
-        let loop = self.loop
-        store.submit(op) { result in loop.execute { completion(result) } }
+        store.submit(op) { [self] result in completed { completion(result) } }
+    }
+
+    /// Store completions waiting to run on the loop, and whether a pass is scheduled.
+    private let completions = NIOLockedValueBox<(work: [@Sendable () -> Void], scheduled: Bool)>(([], false))
+    /// Completions run per pass; between passes the loop polls for I/O, so that a flood of
+    /// writes (whose completions never stop coming) cannot keep other clients waiting.
+    private static let completionsPerPass = 256
+
+    private func completed(_ work: @escaping @Sendable () -> Void) {
+        let schedule = completions.withLockedValue { state -> Bool in
+            state.work.append(work)
+            if state.scheduled { return false }
+            state.scheduled = true
+            return true
+        }
+        if schedule { loop.execute { [self] in runCompletions() } }
+    }
+
+    private func runCompletions() {
+        let batch = completions.withLockedValue { state -> [@Sendable () -> Void] in
+            let n = min(Self.completionsPerPass, state.work.count)
+            let batch = Array(state.work.prefix(n))
+            state.work.removeFirst(n)
+            if state.work.isEmpty { state.scheduled = false }
+            return batch
+        }
+        for work in batch { work() }
+        let more = completions.withLockedValue { !$0.work.isEmpty && $0.scheduled }
+        if more {
+            // A timed task, so the loop polls for I/O before the next pass.
+            loop.scheduleTask(in: .microseconds(200)) { [self] in runCompletions() }
+        }
     }
 
     // MARK: Connections
