@@ -283,42 +283,14 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
             replyNow(.ok([]))
             broker.dispatch(queue)
         case .ack(let id):
-            guard takeHeld(id) else { return }
-            let slot = replies.reserve()
-            broker.submit(.ack(id)) { [self] result in
-                switch result {
-                case .success: fill(slot, .ok([]))
-                case .failure(let e): storeFailed(e, slot: slot, id: id)
-                }
-            }
-            becomeIdle()
+            settle(id, .ack(id))
         case let .nack(id, error):
-            guard takeHeld(id) else { return }
-            let slot = replies.reserve()
-            broker.submit(.nack(id, error: error)) { [self] result in
-                switch result {
-                case .success: fill(slot, .ok([]))
-                case .failure(let e): storeFailed(e, slot: slot, id: id)
-                }
-            }
-            becomeIdle()
+            settle(id, .nack(id, error: error))
         case let .requeue(id, delay):
-            guard takeHeld(id) else { return }
-            let slot = replies.reserve()
-            let readyAt = delay.map { currentMillis() + Millis(clamping: $0) }
-            broker.submit(.requeue(id, readyAt: readyAt)) { [self] result in
-                switch result {
-                case .success(.returned(let to)):
-                    fill(slot, .ok([]))
-                    broker.taskReturned(to)
-                case .success: fill(slot, .ok([]))
-                case .failure(let e): storeFailed(e, slot: slot, id: id)
-                }
-            }
-            becomeIdle()
+            settle(id, .requeue(id, readyAt: delay.map { currentMillis() + Millis(clamping: $0) }))
         case .touch(let id):
             guard held == id else {
-                replyNow(.error(ProtocolError(.notFound, "task \(id) is not held by this connection")))
+                replyNow(.error(Self.notHeld(id)))
                 return
             }
             startAckTimer(id)
@@ -404,7 +376,7 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
     /// A change to a held task failed in the store: say so, and give the task back.
     private func storeFailed(_ e: StorageError, slot: ReplyQueue.Slot, id: TaskID) {
         if e.code == .notFound {
-            fill(slot, .error(ProtocolError(.notFound, "task \(id) is not held by this connection")))
+            fill(slot, .error(Self.notHeld(id)))
         } else {
             fill(slot, internalError(e))
             broker.release(id)
@@ -413,10 +385,32 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
 
     // MARK: Worker
 
+    static func notHeld(_ id: TaskID) -> ProtocolError {
+        ProtocolError(.notFound, "task \(id) is not held by this connection")
+    }
+
+    /// The worker is done with its task, one way or another (ACK, NACK, REQUEUE): change
+    /// it in the store, answer once that is durable, and become free for the next task
+    /// at once (the next delivery does not wait for this flush).
+    private func settle(_ id: TaskID, _ op: StoreOperation) {
+        guard takeHeld(id) else { return }
+        let slot = replies.reserve()
+        broker.submit(op) { [self] result in
+            switch result {
+            case .success(let outcome):
+                fill(slot, .ok([]))
+                if case .returned(let to) = outcome { broker.taskReturned(to) }
+            case .failure(let e):
+                storeFailed(e, slot: slot, id: id)
+            }
+        }
+        becomeIdle()
+    }
+
     /// Checks that this connection holds `id` and lets go of it (the caller then changes it).
     private func takeHeld(_ id: TaskID) -> Bool {
         guard held == id else {
-            replyNow(.error(ProtocolError(.notFound, "task \(id) is not held by this connection")))
+            replyNow(.error(Self.notHeld(id)))
             return false
         }
         held = nil

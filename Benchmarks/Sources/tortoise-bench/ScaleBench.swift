@@ -105,11 +105,9 @@ struct ScaleBench: AsyncParsableCommand {
         var sockets: [TortoiseConsumer] = []
         let c0 = DispatchTime.now()
         for i in 0..<workers { sockets.append(try TortoiseConsumer(port: b.port, queue: "many\(i % queues)")) }
-        let producer = try TortoiseProducer(port: b.port, queue: "x")
         for q in 0..<queues {
             let p = try TortoiseProducer(port: b.port, queue: "many\(q)")
             try p.put(Array("task \(q)".utf8))
-            _ = producer
         }
         var got = 0
         for s in sockets { if let (h, _) = try s.next(timeout: 0.01) { try s.ack(h); got += 1 } }
