@@ -1,3 +1,4 @@
+import Foundation
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -14,13 +15,22 @@ public func currentMillis() -> Millis {
 /// The broker's tables and every change to them. Writes run on one thread (the group
 /// committer's); reads run anywhere, each in its own read transaction.
 final class StoreEngine: @unchecked Sendable {
-    static let formatVersion: UInt32 = 1
+    /// 1: LMDB flushed at every group commit. 2: a redo log (`wal-0`, `wal-1`) holds
+    /// what LMDB's flushed file may not.
+    static let formatVersion: UInt32 = 2
 
     let env: LMDBEnvironment
     let t: StoreTables
     let index: FailedIndex
-    let maxDeliveries: Int
+    var maxDeliveries: Int
+    let log: RedoLog
     private let lockFD: Int32
+    /// The number of the last batch committed (writer-only; see ``committedBatch``).
+    private(set) var batchNumber: UInt64 = 0
+    private let committedLock = NSLock()
+    private var committed: UInt64 = 0
+    /// The file the last batch's record went to, if it changed anything.
+    private(set) var lastLogFile: Int?
     // Writer-only state.
     private var nextID: UInt64 = 1
     private var nextSeq: UInt64 = 1
@@ -31,7 +41,7 @@ final class StoreEngine: @unchecked Sendable {
     private var pendingLimits: (UInt64, UInt64)?
     static let reservation: UInt64 = 4096
 
-    init(directory: String, options: LMDBEnvironment.Options, maxDeliveries: Int) throws(StorageError) {
+    init(directory: String, options: LMDBEnvironment.Options, maxDeliveries: Int, logFileSize: Int) throws(StorageError) {
         if mkdir(directory, 0o750) != 0 && errno != EEXIST {
             throw StorageError(.io, "cannot create the data directory \(directory): \(String(cString: strerror(errno)))")
         }
@@ -53,6 +63,12 @@ final class StoreEngine: @unchecked Sendable {
         }
         index = FailedIndex(t: t)
         self.maxDeliveries = maxDeliveries
+        do {
+            log = try RedoLog(directory: directory, fileSize: logFileSize)
+        } catch {
+            close(fd)
+            throw error
+        }
         ballastPath = directory + "/RESERVE"
         ballastBytes = max(1 << 20, min(8 << 20, options.maxMapSize / 32))
         if !Self.allocateBallast(ballastPath, ballastBytes) { diskFullRetryAt = 0 }
@@ -63,17 +79,43 @@ final class StoreEngine: @unchecked Sendable {
                 if v > Self.formatVersion {
                     throw StorageError(.formatTooNew, "the data directory \(directory) has store format \(v), newer than this tortoised understands (\(Self.formatVersion)); use a newer tortoised")
                 }
-            } else {
-                var w = ByteWriter(); w.u32(Self.formatVersion)
-                try txn.put(t.meta, Array("format".utf8), w.bytes)
             }
+            var w = ByteWriter(); w.u32(Self.formatVersion)
+            try txn.put(t.meta, Array("format".utf8), w.bytes)
             // Ids and seqs below the stored bounds may have been handed out: start past them.
             nextID = try metaNumber("next_id", txn) ?? 1
             nextSeq = try metaNumber("next_seq", txn) ?? 1
             idLimit = nextID
             seqLimit = nextSeq
+            batchNumber = try metaNumber("wal_batch", txn) ?? 0
         }
         try env.sync()
+        committed = batchNumber
+    }
+
+    /// The number of the last batch committed, for the background flush of LMDB's file.
+    var committedBatch: UInt64 { committedLock.lock(); defer { committedLock.unlock() }; return committed }
+
+    /// Applies again the logged batches LMDB's file does not have (after a crash, or a
+    /// power loss that lost LMDB's unflushed pages), flushes, and starts the log afresh.
+    /// Returns how many batches it applied. Run once at open, before anything else.
+    func replayLog() throws(StorageError) -> Int {
+        let batches = try log.batches(after: batchNumber)
+        let (startID, startSeq, deliveries) = (nextID, nextSeq, maxDeliveries)
+        for batch in batches {
+            for r in apply(batch.ops, replaying: batch) {
+                if case .failure(let e) = r {
+                    throw StorageError(.corrupt, "batch \(batch.number) of the redo log does not apply again: \(e.message)")
+                }
+            }
+        }
+        // Ids and seqs past the stored bounds may have gone to batches the log lost.
+        nextID = max(nextID, startID)
+        nextSeq = max(nextSeq, startSeq)
+        maxDeliveries = deliveries
+        try env.sync()
+        try log.restart(through: batchNumber)
+        return batches.count
     }
 
     private var lockReleased = false
@@ -157,7 +199,12 @@ final class StoreEngine: @unchecked Sendable {
     /// An operation that fails on its own (say, an unknown id) fails alone; a failing
     /// commit fails them all. When the map is full it grows and the batch runs again;
     /// at the ceiling, operations that add data fail with `storageFull` and the rest run.
-    func apply(_ ops: [StoreOperation]) -> [Result<StoreOutcome, StorageError>] {
+    ///
+    /// Every batch that changes something gets the next batch number, stored in the same
+    /// transaction, and its record is written to the redo log before it commits.
+    /// `replaying` applies a logged batch again, with its clock and counters.
+    func apply(_ ops: [StoreOperation], replaying: LoggedBatch? = nil) -> [Result<StoreOutcome, StorageError>] {
+        lastLogFile = nil
         // Past the ceiling (in the reserve), only changes that add nothing run.
         var full = diskStillFull(now: currentMillis())
         if !full && env.mapSize > env.maxMapSize {
@@ -165,9 +212,17 @@ final class StoreEngine: @unchecked Sendable {
             full = env.usedBytes - free >= env.maxMapSize - env.reserve / 4
         }
         while true {
-            let now = currentMillis()
+            let now = replaying?.now ?? currentMillis()
+            if let replaying {
+                nextID = replaying.nextID
+                nextSeq = replaying.nextSeq
+                maxDeliveries = replaying.maxDeliveries
+            }
+            let (startID, startSeq) = (nextID, nextSeq)
             var results: [Result<StoreOutcome, StorageError>] = []
             results.reserveCapacity(ops.count)
+            var logged: [StoreOperation] = []
+            var appended: Int?
             do throws(StorageError) {
                 try env.withWriteTransaction { (txn) throws(StorageError) in
                     for op in ops {
@@ -179,15 +234,31 @@ final class StoreEngine: @unchecked Sendable {
                         }
                         do throws(StorageError) {
                             results.append(.success(try apply(op, now: now, txn)))
+                            logged.append(op)
                         } catch where error.code == .notFound {
                             results.append(.failure(error))
                         }
                     }
                     try saveCounters(txn)
+                    guard !logged.isEmpty else { return }
+                    let number = replaying?.number ?? batchNumber + 1
+                    try txn.put(t.meta, Array("wal_batch".utf8), number.bigEndianBytes)
+                    if replaying == nil {
+                        appended = try log.append(LoggedBatch(number: number, now: now, nextID: startID, nextSeq: startSeq,
+                                                              maxDeliveries: maxDeliveries, ops: logged))
+                    }
                 }
                 countersCommitted()
+                if !logged.isEmpty {
+                    batchNumber = replaying?.number ?? batchNumber + 1
+                    lastLogFile = appended
+                    committedLock.lock()
+                    committed = batchNumber
+                    committedLock.unlock()
+                }
                 return results
             } catch where error.code == .diskFull || (error.code == .io && Self.hasNoRoom(ballastPath)) {
+                if appended != nil { log.retract() }
                 // LMDB reports a write cut short by a full disk as EIO: ask the filesystem.
                 // Give up the ballast's room to the changes that free space, and refuse
                 // the ones that add data until the disk has room again.
@@ -197,6 +268,7 @@ final class StoreEngine: @unchecked Sendable {
                 full = true
                 diskFullRetryAt = currentMillis() + 1000
             } catch where error.code == .storageFull {
+                if appended != nil { log.retract() }
                 do throws(StorageError) {
                     if !full {
                         if try !env.grow() { full = true }
@@ -207,6 +279,7 @@ final class StoreEngine: @unchecked Sendable {
                     return ops.map { _ in .failure(error) }
                 }
             } catch {
+                if appended != nil { log.retract() }
                 return ops.map { _ in .failure(error) }
             }
         }
@@ -416,7 +489,7 @@ final class StoreEngine: @unchecked Sendable {
         guard !ids.isEmpty else { return 0 }
         for chunk in stride(from: 0, to: ids.count, by: 10_000) {
             let ops = ids[chunk..<min(ids.count, chunk + 10_000)].map { StoreOperation.release($0) }
-            for r in apply(ops) { if case .failure(let e) = r, e.code != .notFound { throw e } }
+            for r in apply(ops, replaying: nil) { if case .failure(let e) = r, e.code != .notFound { throw e } }
         }
         try env.sync()
         return ids.count

@@ -1,5 +1,5 @@
 /// A change to the task store. Each is applied atomically, in the order submitted.
-public enum StoreOperation: Sendable {
+public enum StoreOperation: Sendable, Equatable {
     /// Stores a task at the back of `queue`.
     case put(queue: String, payload: [UInt8])
     /// Takes the front ready task of `queue` for delivery (nil when there is none).

@@ -1,14 +1,17 @@
 import Foundation
 
 /// The durable task store: every queue, in-flight task and failure of a broker, in one
-/// LMDB environment in a data directory.
+/// LMDB environment in a data directory, with a redo log beside it.
 ///
 /// Changes go through ``submit(_:completion:)``. One writer thread applies all the
-/// changes waiting at that moment in one write transaction (group commit); a second
-/// thread then flushes them to disk with one `fdatasync` and only then completes the
-/// durable ones. While it flushes, the writer already applies the next batch, so a change
-/// that need not be durable (taking a task for delivery) never waits for a flush. Callers
-/// are completed on those threads: hop to your own executor before touching your state.
+/// changes waiting at that moment in one write transaction (group commit) and writes the
+/// batch's record to the redo log; a second thread then flushes the log with one
+/// `fdatasync` and only then completes the durable changes. While it flushes, the writer
+/// already applies the next batch, so a change that need not be durable (taking a task
+/// for delivery) never waits for a flush. A third thread flushes LMDB's own file every
+/// few milliseconds, off every caller's path; at open, the logged batches that file
+/// lacks are applied again. Callers are completed on those threads: hop to your own
+/// executor before touching your state.
 public final class TaskStore: @unchecked Sendable {
     /// How to open a store.
     public struct Configuration: Sendable {
@@ -21,6 +24,12 @@ public final class TaskStore: @unchecked Sendable {
         /// A task delivered this many times that comes back without ACK or NACK goes to
         /// the failed store (0: no limit).
         public var maxDeliveries: Int = 10
+        /// How often LMDB's file is flushed in the background (the redo log keeps
+        /// every change in between).
+        public var dataFlushInterval: Duration = .milliseconds(10)
+        /// How much of each redo-log file is written before the writer moves on to the
+        /// other (nil: from `maxMapSize`, between 256 KiB and 4 MiB).
+        public var logFileSize: Int?
 
         /// A configuration for `directory` with the defaults.
         public init(directory: String) { self.directory = directory }
@@ -41,6 +50,15 @@ public final class TaskStore: @unchecked Sendable {
     private var writerDone = false
     private let syncCondition = NSCondition()
     private var toSync: [(Completion, StoreOutcome)] = []
+    private var toSyncFiles = 0
+    /// Whether a flush is under way (by the flusher thread or the writer).
+    private var syncing = false
+    private let dataFlushInterval: Duration
+    private let flusherCondition = NSCondition()
+    private var flusherStop = false
+    private var flusherDone = false
+    /// How many logged batches were applied again at open.
+    public let replayedAtOpen: Int
     private var syncerStop = false
     private var syncerDone = false
     /// How many tasks were returned from in flight at open.
@@ -55,14 +73,22 @@ public final class TaskStore: @unchecked Sendable {
         var options = LMDBEnvironment.Options()
         options.initialMapSize = configuration.initialMapSize
         options.maxMapSize = configuration.maxMapSize
-        engine = try StoreEngine(directory: configuration.directory, options: options, maxDeliveries: configuration.maxDeliveries)
+        let logFileSize = configuration.logFileSize ?? max(256 << 10, min(4 << 20, configuration.maxMapSize / 64))
+        engine = try StoreEngine(directory: configuration.directory, options: options, maxDeliveries: configuration.maxDeliveries,
+                                 logFileSize: logFileSize)
+        dataFlushInterval = configuration.dataFlushInterval
+        replayedAtOpen = try engine.replayLog()
         recoveredAtOpen = try engine.recover()
+        engine.log.dataFlushed(through: engine.committedBatch)
         let writer = Thread { [unowned self] in self.writerLoop() }
         writer.name = "tortoise-writer"
         writer.start()
         let syncer = Thread { [unowned self] in self.syncLoop() }
         syncer.name = "tortoise-sync"
         syncer.start()
+        let flusher = Thread { [unowned self] in self.flushLoop() }
+        flusher.name = "tortoise-data-flush"
+        flusher.start()
     }
 
     /// Submits a change. `completion` runs once it is applied, and, for a durable
@@ -100,6 +126,12 @@ public final class TaskStore: @unchecked Sendable {
         syncCondition.signal()
         while !syncerDone { syncCondition.wait() }
         syncCondition.unlock()
+        flusherCondition.lock()
+        flusherStop = true
+        flusherCondition.signal()
+        while !flusherDone { flusherCondition.wait() }
+        flusherCondition.unlock()
+        try? engine.env.sync()
         engine.shutDown()
     }
 
@@ -118,6 +150,7 @@ public final class TaskStore: @unchecked Sendable {
             writerCondition.unlock()
 
             let results = engine.apply(batch.map(\.op))
+            let file = engine.lastLogFile
             var durable: [(Completion, StoreOutcome)] = []
             for (item, result) in zip(batch, results) {
                 if item.op.isDurable, case .success(let outcome) = result {
@@ -127,10 +160,45 @@ public final class TaskStore: @unchecked Sendable {
                 }
             }
             if !durable.isEmpty {
+                writerCondition.lock()
+                let nobodyWaits = pending.isEmpty
+                writerCondition.unlock()
                 syncCondition.lock()
-                toSync.append(contentsOf: durable)
-                syncCondition.signal()
-                syncCondition.unlock()
+                if nobodyWaits && toSync.isEmpty && !syncing {
+                    // Nothing to overlap the flush with: flush here rather than wake the
+                    // flusher (a thread hand-off costs about as much as the flush).
+                    syncing = true
+                    syncCondition.unlock()
+                    flushAndComplete(durable, files: file.map { 1 << $0 } ?? 0)
+                } else {
+                    toSync.append(contentsOf: durable)
+                    if let file { toSyncFiles |= 1 << file }
+                    syncCondition.signal()
+                    syncCondition.unlock()
+                }
+            }
+        }
+    }
+
+    /// Flushes the log files in `files`, completes `batch`, and ends the flush begun by
+    /// setting `syncing`.
+    private func flushAndComplete(_ batch: [(Completion, StoreOutcome)], files: Int) {
+        let result: Result<Void, StorageError>
+        do throws(StorageError) {
+            try engine.log.flush(files)
+            result = .success(())
+        } catch {
+            result = .failure(StorageError(.io, "the change was written but flushing it to disk failed: \(error.message)"))
+        }
+        syncCondition.lock()
+        syncs += 1
+        syncing = false
+        syncCondition.broadcast()
+        syncCondition.unlock()
+        for (completion, outcome) in batch {
+            switch result {
+            case .success: completion(.success(outcome))
+            case .failure(let e): completion(.failure(e))
             }
         }
     }
@@ -138,34 +206,57 @@ public final class TaskStore: @unchecked Sendable {
     private func syncLoop() {
         while true {
             syncCondition.lock()
-            while toSync.isEmpty && !syncerStop { syncCondition.wait() }
+            // One flush at a time, so that completions keep the order of their batches.
+            while (toSync.isEmpty || syncing) && !syncerStop { syncCondition.wait() }
             if toSync.isEmpty && syncerStop {
                 syncerDone = true
                 syncCondition.broadcast()
                 syncCondition.unlock()
                 return
             }
+            while syncing { syncCondition.wait() }
             let batch = toSync
+            let files = toSyncFiles
             toSync = []
+            toSyncFiles = 0
+            syncing = true
             syncCondition.unlock()
-            let result: Result<Void, StorageError>
-            do throws(StorageError) {
-                try engine.env.sync()
-                result = .success(())
-            } catch {
-                result = .failure(StorageError(.io, "the change was written but flushing it to disk failed: \(error.message)"))
-            }
-            syncCondition.lock()
-            syncs += 1
-            syncCondition.unlock()
-            for (completion, outcome) in batch {
-                switch result {
-                case .success: completion(.success(outcome))
-                case .failure(let e): completion(.failure(e))
-                }
-            }
+            flushAndComplete(batch, files: files)
         }
     }
+
+    /// Flushes LMDB's file every ``Configuration/dataFlushInterval`` when something was
+    /// committed, and tells the log which of its records are no longer needed.
+    private func flushLoop() {
+        var flushed = engine.committedBatch
+        flusherCondition.lock()
+        while !flusherStop {
+            let (s, a) = dataFlushInterval.components
+            let seconds = Double(s) + Double(a) / 1e18
+            _ = flusherCondition.wait(until: Date(timeIntervalSinceNow: seconds))
+            if flusherStop { break }
+            flusherCondition.unlock()
+            let committed = engine.committedBatch
+            if committed > flushed, (try? engine.env.sync()) != nil {
+                flushed = committed
+                engine.log.dataFlushed(through: committed)
+            }
+            flusherCondition.lock()
+        }
+        flusherDone = true
+        flusherCondition.broadcast()
+        flusherCondition.unlock()
+    }
+
+    /// Flushes LMDB's file now (for tests that set a long ``Configuration/dataFlushInterval``).
+    public func flushData() throws(StorageError) {
+        let committed = engine.committedBatch
+        try engine.env.sync()
+        engine.log.dataFlushed(through: committed)
+    }
+
+    /// How many times the writer moved to the other redo-log file.
+    public var logSwitches: Int { engine.log.switches }
 
     // MARK: Reads (any thread; each in its own read transaction)
 

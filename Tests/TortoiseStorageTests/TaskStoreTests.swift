@@ -169,7 +169,7 @@ import Testing
     @Test func aNewerFormatIsRefused() throws {
         let dir = freshDirectory()
         do {
-            let engine = try StoreEngine(directory: dir, options: .init(), maxDeliveries: 10)
+            let engine = try StoreEngine(directory: dir, options: .init(), maxDeliveries: 10, logFileSize: 1 << 20)
             try engine.env.withWriteTransaction { (txn) throws(StorageError) in
                 try txn.put(engine.t.meta, Array("format".utf8), [0, 0, 0, 9])
             }
