@@ -81,6 +81,9 @@ final class RedoLog: @unchecked Sendable {
     private var current = 0
     private var offset = 0
     private var lastRecord: (file: Int, offset: Int)?
+    /// Set when the current file passes half its size: LMDB's file should be flushed
+    /// now, so that the other file is free by the time this one is full.
+    private var halfFullSignalled = false
     // Shared with the background flush.
     private let lock = NSLock()
     private var newestBatch: [UInt64] = [0, 0]
@@ -183,6 +186,7 @@ final class RedoLog: @unchecked Sendable {
         current = 0
         offset = 0
         lastRecord = nil
+        halfFullSignalled = false
     }
 
     /// Writes a batch's record (not flushed). Returns the file it went to.
@@ -198,6 +202,7 @@ final class RedoLog: @unchecked Sendable {
                 current = other
                 offset = 0
                 switches += 1
+                halfFullSignalled = false
             }
         }
         let fd = fds[current]
@@ -215,6 +220,13 @@ final class RedoLog: @unchecked Sendable {
         newestBatch[current] = batch.number
         lock.unlock()
         return current
+    }
+
+    /// Whether the current file just passed half its size (true once per use of a file).
+    func takeHalfFull() -> Bool {
+        guard !halfFullSignalled, offset >= fileSize / 2 else { return false }
+        halfFullSignalled = true
+        return true
     }
 
     /// Takes back the last record written (its batch did not commit): it is made

@@ -25,8 +25,11 @@ public final class TaskStore: @unchecked Sendable {
         /// the failed store (0: no limit).
         public var maxDeliveries: Int = 10
         /// How often LMDB's file is flushed in the background (the redo log keeps
-        /// every change in between).
-        public var dataFlushInterval: Duration = .milliseconds(10)
+        /// every change in between); it is also flushed whenever a log file is half full.
+        public var dataFlushInterval: Duration = .seconds(1)
+        /// Off: LMDB's file is flushed only by ``TaskStore/flushData()`` and at close (for
+        /// tests that simulate losing its unflushed pages).
+        public var flushesDataInBackground = true
         /// How much of each redo-log file is written before the writer moves on to the
         /// other (nil: from `maxMapSize`, between 256 KiB and 4 MiB).
         public var logFileSize: Int?
@@ -54,9 +57,11 @@ public final class TaskStore: @unchecked Sendable {
     /// Whether a flush is under way (by the flusher thread or the writer).
     private var syncing = false
     private let dataFlushInterval: Duration
+    private let flushesDataInBackground: Bool
     private let flusherCondition = NSCondition()
     private var flusherStop = false
     private var flusherDone = false
+    private var flushWanted = false
     /// How many logged batches were applied again at open.
     public let replayedAtOpen: Int
     private var syncerStop = false
@@ -77,18 +82,26 @@ public final class TaskStore: @unchecked Sendable {
         engine = try StoreEngine(directory: configuration.directory, options: options, maxDeliveries: configuration.maxDeliveries,
                                  logFileSize: logFileSize)
         dataFlushInterval = configuration.dataFlushInterval
+        flushesDataInBackground = configuration.flushesDataInBackground
         replayedAtOpen = try engine.replayLog()
         recoveredAtOpen = try engine.recover()
         engine.log.dataFlushed(through: engine.committedBatch)
-        let writer = Thread { [unowned self] in self.writerLoop() }
-        writer.name = "tortoise-writer"
+        let writer = Thread { [unowned self] in Self.nameThread("tortoise-writer"); self.writerLoop() }
         writer.start()
-        let syncer = Thread { [unowned self] in self.syncLoop() }
-        syncer.name = "tortoise-sync"
+        let syncer = Thread { [unowned self] in Self.nameThread("tortoise-sync"); self.syncLoop() }
         syncer.start()
-        let flusher = Thread { [unowned self] in self.flushLoop() }
-        flusher.name = "tortoise-data-flush"
+        let flusher = Thread { [unowned self] in Self.nameThread("tortoise-data-flush"); self.flushLoop() }
         flusher.start()
+    }
+
+    /// Names the calling thread, so that `top -H` shows it.
+    private static func nameThread(_ name: String) {
+        #if os(Linux)
+        let fd = open("/proc/thread-self/comm", O_WRONLY | O_CLOEXEC)
+        guard fd >= 0 else { return }
+        _ = name.withCString { write(fd, $0, strlen($0)) }
+        _ = Glibc.close(fd)
+        #endif
     }
 
     /// Submits a change. `completion` runs once it is applied, and, for a durable
@@ -151,6 +164,12 @@ public final class TaskStore: @unchecked Sendable {
 
             let results = engine.apply(batch.map(\.op))
             let file = engine.lastLogFile
+            if engine.log.takeHalfFull() && flushesDataInBackground {
+                flusherCondition.lock()
+                flushWanted = true
+                flusherCondition.signal()
+                flusherCondition.unlock()
+            }
             var durable: [(Completion, StoreOutcome)] = []
             for (item, result) in zip(batch, results) {
                 if item.op.isDurable, case .success(let outcome) = result {
@@ -193,7 +212,8 @@ public final class TaskStore: @unchecked Sendable {
         syncCondition.lock()
         syncs += 1
         syncing = false
-        syncCondition.broadcast()
+        // Batches that came while this flush ran wait for the flusher thread.
+        if !toSync.isEmpty { syncCondition.signal() }
         syncCondition.unlock()
         for (completion, outcome) in batch {
             switch result {
@@ -225,19 +245,20 @@ public final class TaskStore: @unchecked Sendable {
         }
     }
 
-    /// Flushes LMDB's file every ``Configuration/dataFlushInterval`` when something was
-    /// committed, and tells the log which of its records are no longer needed.
+    /// Flushes LMDB's file every ``Configuration/dataFlushInterval``, or when the writer
+    /// asks, if something was committed; tells the log which records are no longer needed.
     private func flushLoop() {
         var flushed = engine.committedBatch
         flusherCondition.lock()
         while !flusherStop {
             let (s, a) = dataFlushInterval.components
             let seconds = Double(s) + Double(a) / 1e18
-            _ = flusherCondition.wait(until: Date(timeIntervalSinceNow: seconds))
+            if !flushWanted { _ = flusherCondition.wait(until: Date(timeIntervalSinceNow: seconds)) }
             if flusherStop { break }
+            flushWanted = false
             flusherCondition.unlock()
             let committed = engine.committedBatch
-            if committed > flushed, (try? engine.env.sync()) != nil {
+            if flushesDataInBackground, committed > flushed, (try? engine.env.sync()) != nil {
                 flushed = committed
                 engine.log.dataFlushed(through: committed)
             }
@@ -248,7 +269,7 @@ public final class TaskStore: @unchecked Sendable {
         flusherCondition.unlock()
     }
 
-    /// Flushes LMDB's file now (for tests that set a long ``Configuration/dataFlushInterval``).
+    /// Flushes LMDB's file now (for tests that turn ``Configuration/flushesDataInBackground`` off).
     public func flushData() throws(StorageError) {
         let committed = engine.committedBatch
         try engine.env.sync()

@@ -109,7 +109,7 @@ import Testing
         var c = TaskStore.Configuration(directory: dir)
         c.initialMapSize = 1 << 20
         c.maxMapSize = 1 << 30
-        c.dataFlushInterval = .seconds(3600)
+        c.flushesDataInBackground = false
         c.logFileSize = logFileSize
         let store = try TaskStore(c)
         try await Self.work(store, rounds: 10)

@@ -17,6 +17,10 @@ struct CompareBench: ParsableCommand {
     @Option(help: "Runs of the whole matrix; each cell shows the median.") var runs = 3
     @Option(help: "Seconds of the paced latency run.") var pacedSeconds = 6.0
     @Option(help: "Tasks put before each consume run.") var prefill = 20_000
+    @Option(help: "Run only these workloads (produce, window, consume, together, paced); the rest show nan.")
+    var only: [String] = []
+
+    func wanted(_ workload: String) -> Bool { only.isEmpty || only.contains(workload) }
 
     struct Row {
         var name: String
@@ -69,7 +73,7 @@ struct CompareBench: ParsableCommand {
     }
 
     func format(_ v: Double, _ unit: String) -> String {
-        unit == "ms" ? String(format: "%.2f ms", v) : "\(Int(v.rounded())) \(unit)"
+        v.isNaN ? "-" : unit == "ms" ? String(format: "%.2f ms", v) : "\(Int(v.rounded())) \(unit)"
     }
 
     func render(_ header: [String], _ rows: [[String]]) -> String {
@@ -123,7 +127,8 @@ struct CompareBench: ParsableCommand {
         var out: [Double] = []
 
         // Produce, each producer waiting for every confirmation.
-        for n in [1, 8] {
+        for n in [1, 8] where !wanted("produce") { _ = n; out.append(.nan) }
+        for n in [1, 8] where wanted("produce") {
             let q = "p\(n)\(tag)"
             let start = DispatchTime.now()
             let end = deadline(secs)
@@ -137,7 +142,7 @@ struct CompareBench: ParsableCommand {
         }
 
         // Produce with 64 in flight per producer.
-        do {
+        if !wanted("window") { out.append(.nan) } else {
             let q = "pw\(tag)"
             let start = DispatchTime.now()
             let end = deadline(secs)
@@ -148,7 +153,8 @@ struct CompareBench: ParsableCommand {
         }
 
         // Consume a pre-filled queue.
-        for n in [1, 8] {
+        for n in [1, 8] where !wanted("consume") { _ = n; out.append(.nan) }
+        for n in [1, 8] where wanted("consume") {
             let q = "c\(n)\(tag)"
             let total = prefill
             _ = try threads(4) { i in
@@ -176,7 +182,7 @@ struct CompareBench: ParsableCommand {
         }
 
         // Producers and workers together, flat out.
-        do {
+        if !wanted("together") { out.append(.nan) } else {
             let q = "t\(tag)"
             let end = deadline(secs)
             let acked = NIOLockedValueBox(0)
@@ -200,7 +206,7 @@ struct CompareBench: ParsableCommand {
         }
 
         // Paced at 500 tasks/s: latency from put to ack.
-        do {
+        if !wanted("paced") { out += [.nan, .nan, .nan] } else {
             let q = "l\(tag)"
             let end = deadline(pacedSeconds)
             let latencies = NIOLockedValueBox<[Double]>([])
