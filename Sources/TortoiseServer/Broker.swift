@@ -48,6 +48,15 @@ final class Broker: @unchecked Sendable {
         store.submit(op) { [self] result in completed { completion(result) } }
     }
 
+    /// Submits a durable change; `committed` runs on the loop as soon as the change is
+    /// visible (its flush still under way), `completion` once it is durable.
+    func submit(_ op: StoreOperation, committed: @escaping @Sendable (StoreOutcome) -> Void,
+                _ completion: @escaping @Sendable (Result<StoreOutcome, StorageError>) -> Void) {
+        store.submit(op, committed: { [self] outcome in completed { committed(outcome) } }) { [self] result in
+            completed { completion(result) }
+        }
+    }
+
     /// Store completions waiting to run on the loop, and whether a pass is scheduled.
     private let completions = NIOLockedValueBox<(work: [@Sendable () -> Void], scheduled: Bool)>(([], false))
     /// Completions run per pass; between passes the loop polls for I/O, so that a flood of
@@ -130,7 +139,8 @@ final class Broker: @unchecked Sendable {
         }
     }
 
-    /// New tasks of `queue` became ready and durable.
+    /// New tasks of `queue` became ready (committed; a new task's flush may still be
+    /// under way, and its `OK` waits for it).
     func tasksAvailable(_ queue: String, _ n: Int) {
         guard n > 0 else { return }
         dispatcher.addAvailable(queue, n)

@@ -263,11 +263,15 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
             replyNow(.ok([]), closeAfter: true)
         case let .put(queue, payload):
             let slot = replies.reserve()
-            broker.submit(.put(queue: queue, payload: Array(payload.readableBytesView))) { [self] result in
+            // The new task goes to an idle worker as soon as it is committed, while its
+            // flush runs; the producer's OK waits for the flush.
+            let broker = broker
+            broker.submit(.put(queue: queue, payload: Array(payload.readableBytesView)), committed: { _ in
+                broker.tasksAvailable(queue, 1)
+            }) { [self] result in
                 switch result {
                 case .success(.put(let id)):
                     fill(slot, .ok([String(id)]))
-                    broker.tasksAvailable(queue, 1)
                 case .success: fill(slot, .ok([]))
                 case .failure(let e): fill(slot, internalError(e))
                 }

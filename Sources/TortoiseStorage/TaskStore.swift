@@ -43,6 +43,7 @@ public final class TaskStore: @unchecked Sendable {
 
     private struct Pending {
         var op: StoreOperation
+        var committed: (@Sendable (StoreOutcome) -> Void)?
         var completion: Completion
     }
 
@@ -105,15 +106,19 @@ public final class TaskStore: @unchecked Sendable {
     }
 
     /// Submits a change. `completion` runs once it is applied, and, for a durable
-    /// operation (see ``StoreOperation/isDurable``), once it is on disk.
-    public func submit(_ op: StoreOperation, completion: @escaping Completion) {
+    /// operation (see ``StoreOperation/isDurable``), once it is on disk. `committed`, if
+    /// given, runs as soon as a durable change that succeeded is visible to readers, while
+    /// its flush is still under way (a broker can hand a new task to a worker then, as
+    /// RabbitMQ delivers before it confirms; the `OK` still waits for the flush).
+    public func submit(_ op: StoreOperation, committed: (@Sendable (StoreOutcome) -> Void)? = nil,
+                       completion: @escaping Completion) {
         writerCondition.lock()
         if closing {
             writerCondition.unlock()
             completion(.failure(StorageError(.closed, "the store is closed")))
             return
         }
-        pending.append(Pending(op: op, completion: completion))
+        pending.append(Pending(op: op, committed: committed, completion: completion))
         if pending.count == 1 { writerCondition.signal() }
         writerCondition.unlock()
     }
@@ -173,6 +178,7 @@ public final class TaskStore: @unchecked Sendable {
             var durable: [(Completion, StoreOutcome)] = []
             for (item, result) in zip(batch, results) {
                 if item.op.isDurable, case .success(let outcome) = result {
+                    item.committed?(outcome)
                     durable.append((item.completion, outcome))
                 } else {
                     item.completion(result)
