@@ -77,3 +77,6 @@ for p in $(pgrep -P "${pids[-1]}" || true); do pids+=("$p"); done
 echo "versions: tortoised $(git -C "$root" rev-parse --short HEAD), $(beanstalkd -v 2>&1 | head -1), rabbitmq-server $(dpkg-query -W -f='${Version}' rabbitmq-server)"
 "$root/Benchmarks/.build/release/tortoise-bench" compare \
     --tortoise-port "$tport" --beanstalk-port "$bport" --rabbit-port "$rport" "$@"
+echo
+echo "The ceiling for one prefetch-1 worker on this machine (no broker in between):"
+"$root/Benchmarks/.build/release/tortoise-bench" roundtrip
