@@ -1,0 +1,92 @@
+import ArgumentParser
+import Foundation
+import NIOConcurrencyHelpers
+
+/// RabbitMQ's side of the scale figures (`Benchmarks/scale-rabbit.sh` starts, stops and
+/// restarts the node): memory with 1,010,000 waiting persistent messages and after they
+/// drain, and 1,000 queues with 2,000 consumer connections at once.
+struct RabbitScaleBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "rabbit-scale",
+        abstract: "RabbitMQ's memory and connection figures at scale (run by Benchmarks/scale-rabbit.sh)."
+    )
+
+    @Option(help: "seed (publish and measure) or drain (measure, drain, connections).") var phase: String
+    @Option(help: "RabbitMQ's AMQP port.") var port: Int
+    @Option(help: "The PID of the Erlang VM (beam.smp), for its memory.") var pid: Int32
+    @Option(help: "Messages to publish.") var messages = 1_010_000
+    @Option(help: "Queues for the connection test.") var queues = 1000
+    @Option(help: "Consumer connections for the connection test.") var workers = 2000
+
+    func mib(_ kb: Int) -> String { String(format: "%.1f MiB", Double(kb) / 1024) }
+
+    func run() throws {
+        switch phase {
+        case "seed": try seed()
+        case "drain": try drain()
+        default: throw ValidationError("--phase is seed or drain")
+        }
+    }
+
+    func seed() throws {
+        let t0 = DispatchTime.now()
+        let sent = NIOLockedValueBox(0)
+        let group = DispatchGroup()
+        for i in 0..<4 {
+            group.enter()
+            Thread {
+                defer { group.leave() }
+                let payload = [UInt8](repeating: 46, count: 100)
+                guard let p = try? RabbitProducer(port: port, queue: "q\(i)"),
+                      let n = try? p.putWindowed(window: 64, deadline: .distantFuture, limit: messages / 4, payload: { payload })
+                else { return }
+                sent.withLockedValue { $0 += n }
+            }.start()
+        }
+        group.wait()
+        let secs = Double(DispatchTime.now().uptimeNanoseconds - t0.uptimeNanoseconds) / 1e9
+        Thread.sleep(forTimeInterval: 5)
+        let m = ScaleBench.memory(pid)
+        print("RabbitMQ: published and confirmed \(sent.withLockedValue { $0 }) persistent messages in \(String(format: "%.1f", secs)) s")
+        print("RabbitMQ: memory with them waiting: anonymous RSS \(mib(m.anon)) (total RSS \(mib(m.total)))")
+    }
+
+    func drain() throws {
+        let full = ScaleBench.memory(pid)
+        print("RabbitMQ: memory after the restart with them waiting: anonymous RSS \(mib(full.anon)) (total RSS \(mib(full.total)))")
+        let t0 = DispatchTime.now()
+        let counter = NIOLockedValueBox(0)
+        let group = DispatchGroup()
+        for i in 0..<8 {
+            group.enter()
+            Thread {
+                defer { group.leave() }
+                guard let c = try? RabbitConsumer(port: port, queue: "q\(i % 4)") else { return }
+                while let (h, _) = try? c.next(timeout: 2) {
+                    try? c.ack(h)
+                    counter.withLockedValue { $0 += 1 }
+                }
+            }.start()
+        }
+        group.wait()
+        let secs = Double(DispatchTime.now().uptimeNanoseconds - t0.uptimeNanoseconds) / 1e9
+        let consumed = counter.withLockedValue { $0 }
+        Thread.sleep(forTimeInterval: 5)
+        let drained = ScaleBench.memory(pid)
+        print("RabbitMQ: drained \(consumed) messages with 8 consumers in \(String(format: "%.1f", secs)) s (\(Int(Double(consumed) / secs)) /s)")
+        print("RabbitMQ: memory after the drain: anonymous RSS \(mib(drained.anon)) (total RSS \(mib(drained.total)))")
+
+        var consumers: [RabbitConsumer] = []
+        let c0 = DispatchTime.now()
+        for i in 0..<workers { consumers.append(try RabbitConsumer(port: port, queue: "many\(i % queues)")) }
+        for q in 0..<queues {
+            let p = try RabbitProducer(port: port, queue: "many\(q)")
+            try p.put(Array("task \(q)".utf8))
+        }
+        var got = 0
+        for c in consumers { if let (h, _) = try c.next(timeout: 0.01) { try c.ack(h); got += 1 } }
+        let connSecs = Double(DispatchTime.now().uptimeNanoseconds - c0.uptimeNanoseconds) / 1e9
+        let many = ScaleBench.memory(pid)
+        print("RabbitMQ: \(workers) consumer connections on \(queues) queues: \(got) of \(queues) messages delivered; set-up and delivery \(String(format: "%.1f", connSecs)) s; anonymous RSS \(mib(many.anon))")
+    }
+}
