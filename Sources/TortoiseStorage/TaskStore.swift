@@ -282,6 +282,15 @@ public final class TaskStore: @unchecked Sendable {
         engine.log.dataFlushed(through: committed)
     }
 
+    /// The store format recorded in the data directory (for checks).
+    func engineFormat() throws(StorageError) -> UInt32 {
+        try engine.read { (txn) throws(StorageError) in
+            guard let f = try txn.get(engine.t.meta, Array("format".utf8)) else { return 0 }
+            var r = ByteReader(f)
+            return try r.u32()
+        }
+    }
+
     /// How many times the writer moved to the other redo-log file.
     public var logSwitches: Int { engine.log.switches }
 

@@ -139,3 +139,56 @@ import Testing
         restored.close()
     }
 }
+
+@Suite struct RedoLogUpkeepTests {
+    /// With the background flush on, the writer keeps moving between the two log files:
+    /// the log stays about two files' worth however much is written.
+    @Test func theLogStaysSmallUnderALongRun() async throws {
+        let dir = freshDirectory()
+        var c = TaskStore.Configuration(directory: dir)
+        c.initialMapSize = 1 << 20
+        c.logFileSize = 32 << 10
+        let store = try TaskStore(c)
+        defer { store.close() }
+        let payload = String(repeating: "x", count: 1000)
+        for _ in 0..<40 {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for q in 0..<16 { group.addTask { _ = try await store.put("q\(q % 4)", payload) } }
+                try await group.waitForAll()
+            }
+        }
+        // 640 puts of 1 KB: 20 times a file.
+        #expect(store.logSwitches >= 8)
+        for f in ["wal-0", "wal-1"] {
+            let size = try #require(try FileManager.default.attributesOfItem(atPath: dir + "/" + f)[.size] as? Int)
+            #expect(size <= 8 * (32 << 10), "\(f) grew to \(size) bytes")
+        }
+    }
+
+    /// A data directory written before the redo log (format 1, no log files) opens with
+    /// everything in it, and is format 2 from then on.
+    @Test func aFormatOneDirectoryOpens() async throws {
+        let dir = freshDirectory()
+        var ids: [TaskID] = []
+        do {
+            let store = try openStore(dir)
+            for i in 0..<5 { ids.append(try await store.put("q", "task \(i)")) }
+            store.close()
+        }
+        do {
+            let engine = try StoreEngine(directory: dir, options: .init(), maxDeliveries: 10, logFileSize: 1 << 20)
+            try engine.env.withWriteTransaction { (txn) throws(StorageError) in
+                try txn.put(engine.t.meta, Array("format".utf8), [0, 0, 0, 1])
+                _ = try txn.delete(engine.t.meta, Array("wal_batch".utf8))
+            }
+            try engine.env.sync()
+        }
+        for f in ["wal-0", "wal-1"] { try FileManager.default.removeItem(atPath: dir + "/" + f) }
+        let store = try openStore(dir)
+        defer { store.close() }
+        #expect(try store.readyIDs("q") == ids)
+        #expect(try await store.put("q", "after") > ids.last!)
+        let format = try store.engineFormat()
+        #expect(format == StoreEngine.formatVersion)
+    }
+}
