@@ -88,7 +88,9 @@ final class RedoLog: @unchecked Sendable {
     private let lock = NSLock()
     private var newestBatch: [UInt64] = [0, 0]
     private var flushedData: UInt64 = 0
-    private(set) var switches = 0
+    private var switchCount = 0
+    /// How many times the writer moved to the other file.
+    var switches: Int { lock.lock(); defer { lock.unlock() }; return switchCount }
 
     init(directory: String, fileSize: Int) throws(StorageError) {
         self.fileSize = fileSize
@@ -201,7 +203,9 @@ final class RedoLog: @unchecked Sendable {
             if free {
                 current = other
                 offset = 0
-                switches += 1
+                lock.lock()
+                switchCount += 1
+                lock.unlock()
                 halfFullSignalled = false
             }
         }

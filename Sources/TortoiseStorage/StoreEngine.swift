@@ -206,8 +206,10 @@ final class StoreEngine: @unchecked Sendable {
     func apply(_ ops: [StoreOperation], replaying: LoggedBatch? = nil) -> [Result<StoreOutcome, StorageError>] {
         lastLogFile = nil
         // Past the ceiling (in the reserve), only changes that add nothing run.
-        var full = diskStillFull(now: currentMillis())
-        if !full && env.mapSize > env.maxMapSize {
+        // A logged batch was accepted once: applying it again refuses nothing, and may
+        // grow the map into the reserve.
+        var full = replaying == nil && diskStillFull(now: currentMillis())
+        if !full && replaying == nil && env.mapSize > env.maxMapSize {
             let free = (try? env.freeBytes()) ?? 0
             full = env.usedBytes - free >= env.maxMapSize - env.reserve / 4
         }
@@ -270,7 +272,7 @@ final class StoreEngine: @unchecked Sendable {
             } catch where error.code == .storageFull {
                 if appended != nil { log.retract() }
                 do throws(StorageError) {
-                    if !full {
+                    if !full && replaying == nil {
                         if try !env.grow() { full = true }
                     } else if try !env.grow(limit: env.maxMapSize + env.reserve) {
                         return ops.map { _ in .failure(error) }
