@@ -20,29 +20,8 @@ swift build -c release --product tortoised 2>&1 | tail -1
 swift build -c release --package-path Benchmarks 2>&1 | tail -1
 
 work=$(mktemp -d /tmp/tortoise-compare-XXXXXX)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    # Give each a clean stop; only what is still running after 15 s is killed.
-    for _ in $(seq 1 150); do
-        alive=0
-        for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-        [ $alive = 0 ] && break
-        sleep 0.1
-    done
-    for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
-wait_port() {
-    for _ in $(seq 1 300); do
-        python3 -c "import socket,sys; s=socket.socket(); sys.exit(s.connect_ex(('127.0.0.1',$1)))" && return 0
-        sleep 0.1
-    done
-    echo "nothing listens on $1" >&2; return 1
-}
+source "$root/Benchmarks/brokers.sh"
+trap 'stop_started; rm -rf "$work"' EXIT
 
 tport=$(free_port); bport=$(free_port); rport=$(free_port); eport=$(free_port); dport=$(free_port)
 
@@ -56,23 +35,8 @@ beanstalkd -l 127.0.0.1 -p "$bport" -b "$work/beanstalkd" -f 0 >"$work/beanstalk
 pids+=($!)
 
 # RabbitMQ: its own epmd and node, all state in $work/rabbit.
-r="$work/rabbit"; mkdir -p "$r/mnesia" "$r/log"
-echo "[]." >"$r/enabled_plugins"
-echo "loopback_users = none" >"$r/rabbitmq.conf"
-epmd -port "$eport" -address 127.0.0.1 >"$r/epmd.log" 2>&1 &
-pids+=($!)
-sleep 0.5
-(
-    export HOME="$r" RABBITMQ_MNESIA_BASE="$r/mnesia" RABBITMQ_LOG_BASE="$r/log" RABBITMQ_NODE_PORT="$rport" \
-        ERL_EPMD_PORT="$eport" RABBITMQ_NODENAME="tortoisebench@localhost" RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \
-        RABBITMQ_DIST_PORT="$dport" RABBITMQ_CONFIG_FILE="$r/rabbitmq" RABBITMQ_ENABLED_PLUGINS_FILE="$r/enabled_plugins"
-    exec /usr/lib/rabbitmq/bin/rabbitmq-server >"$r/out.log" 2>&1
-) &
-pids+=($!)
-
-wait_port "$tport"; wait_port "$bport"; wait_port "$rport"
-# The Erlang VM is a child of the start script: stop it by its PID too.
-for p in $(pgrep -P "${pids[-1]}" || true); do pids+=("$p"); done
+start_rabbit "$work/rabbit" "$rport" "$eport" "$dport" tortoisebench
+wait_port "$tport"; wait_port "$bport"
 
 echo "versions: tortoised $(git -C "$root" rev-parse --short HEAD), $(beanstalkd -v 2>&1 | head -1), rabbitmq-server $(dpkg-query -W -f='${Version}' rabbitmq-server)"
 "$root/Benchmarks/.build/release/tortoise-bench" compare \
