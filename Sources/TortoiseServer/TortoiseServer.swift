@@ -24,7 +24,13 @@ public final class TortoiseServer: Sendable {
         storeConfig.maxDeliveries = config.maxDeliveries
         storeConfig.maxMapSize = config.maxStorageBytes
         storeConfig.initialMapSize = min(64 << 20, config.maxStorageBytes)
+        storeConfig.dataFlushFailed = { [logger] error in
+            logger.error("flushing the store's file failed (the redo log keeps every change; retrying): \(error.message)")
+        }
         let store = try TaskStore(storeConfig)
+        if store.replayedAtOpen > 0 {
+            logger.info("applied \(store.replayedAtOpen) group commits from the redo log that the store's file did not have yet")
+        }
         if store.recoveredAtOpen > 0 {
             logger.info("returned \(store.recoveredAtOpen) in-flight tasks to the front of their queues")
         }

@@ -30,6 +30,9 @@ public final class TaskStore: @unchecked Sendable {
         /// Off: LMDB's file is flushed only by ``TaskStore/flushData()`` and at close (for
         /// tests that simulate losing its unflushed pages).
         public var flushesDataInBackground = true
+        /// Called (on the flusher thread) when a background flush of LMDB's file fails;
+        /// the redo log keeps every change meanwhile and the flush is tried again.
+        public var dataFlushFailed: (@Sendable (StorageError) -> Void)?
         /// How much of each redo-log file is written before the writer moves on to the
         /// other (nil: from `maxMapSize`, between 256 KiB and 4 MiB).
         public var logFileSize: Int?
@@ -59,6 +62,7 @@ public final class TaskStore: @unchecked Sendable {
     private var syncing = false
     private let dataFlushInterval: Duration
     private let flushesDataInBackground: Bool
+    private let dataFlushFailed: (@Sendable (StorageError) -> Void)?
     private let flusherCondition = NSCondition()
     private var flusherStop = false
     private var flusherDone = false
@@ -84,6 +88,7 @@ public final class TaskStore: @unchecked Sendable {
                                  logFileSize: logFileSize)
         dataFlushInterval = configuration.dataFlushInterval
         flushesDataInBackground = configuration.flushesDataInBackground
+        dataFlushFailed = configuration.dataFlushFailed
         replayedAtOpen = try engine.replayLog()
         recoveredAtOpen = try engine.recover()
         engine.log.dataFlushed(through: engine.committedBatch)
@@ -264,9 +269,14 @@ public final class TaskStore: @unchecked Sendable {
             flushWanted = false
             flusherCondition.unlock()
             let committed = engine.committedBatch
-            if flushesDataInBackground, committed > flushed, (try? engine.env.sync()) != nil {
-                flushed = committed
-                engine.log.dataFlushed(through: committed)
+            if flushesDataInBackground, committed > flushed {
+                do throws(StorageError) {
+                    try engine.env.sync()
+                    flushed = committed
+                    engine.log.dataFlushed(through: committed)
+                } catch {
+                    dataFlushFailed?(error)
+                }
             }
             flusherCondition.lock()
         }
