@@ -11,10 +11,22 @@ final class BrokerProcess: @unchecked Sendable {
 
     static func binary(_ name: String) -> String { buildDirectory.appendingPathComponent(name).path }
 
+    /// This test process's folder under `tortoise-e2e` in the system's temporary folder;
+    /// the folders of earlier test processes that have ended are removed first.
+    static let base: String = {
+        let root = FileManager.default.temporaryDirectory.appendingPathComponent("tortoise-e2e").path
+        try? FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: root)) ?? [] {
+            guard let pid = Int32(name), pid != getpid() else { continue }
+            if kill(pid, 0) != 0 && errno == ESRCH { try? FileManager.default.removeItem(atPath: root + "/" + name) }
+        }
+        let mine = root + "/" + String(getpid())
+        try? FileManager.default.createDirectory(atPath: mine, withIntermediateDirectories: true)
+        return mine
+    }()
+
     static func freshDirectory(_ name: String = #function) -> String {
-        let base = FileManager.default.temporaryDirectory.appendingPathComponent("tortoise-e2e")
-        try? FileManager.default.createDirectory(at: base, withIntermediateDirectories: true)
-        return base.appendingPathComponent("\(name.filter { $0.isLetter || $0.isNumber })-\(UUID().uuidString.prefix(8))").path
+        base + "/\(name.filter { $0.isLetter || $0.isNumber })-\(UUID().uuidString.prefix(8))"
     }
 
     let directory: String
@@ -44,8 +56,14 @@ final class BrokerProcess: @unchecked Sendable {
         p.environment = env
         let out = Pipe()
         p.standardOutput = out
-        _ = FileManager.default.createFile(atPath: stderrPath, contents: nil)
-        p.standardError = FileHandle(forWritingAtPath: stderrPath)
+        // Every start of this broker appends to one file, so a crash before a restart
+        // stays readable.
+        if !FileManager.default.fileExists(atPath: stderrPath) {
+            _ = FileManager.default.createFile(atPath: stderrPath, contents: nil)
+        }
+        let errors = FileHandle(forWritingAtPath: stderrPath)
+        errors?.seekToEndOfFile()
+        p.standardError = errors
         try p.run()
         process = p
         let line = try Self.readLine(out.fileHandleForReading, timeout: 30)
@@ -132,17 +150,22 @@ final class RawClient: @unchecked Sendable {
     private var buffer = ByteBuffer()
     private var parser = ServerFrameParser()
     private(set) var closedByServer = false
+    /// Why the last read ended the connection: 0 for an orderly close, else errno.
+    private(set) var closeErrno: Int32 = 0
 
     init(port: Int) throws {
-        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let s = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         var addr = sockaddr_in()
         addr.sin_family = sa_family_t(AF_INET)
         addr.sin_port = in_port_t(UInt16(port).bigEndian)
         addr.sin_addr.s_addr = inet_addr("127.0.0.1")
         let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(s, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
-        if rc != 0 { close(fd); throw TestFailure("cannot connect to 127.0.0.1:\(port)") }
+        // Only a connected socket becomes `fd`: a throw after `fd` is set would run
+        // deinit, whose close would then close a descriptor someone else has by then.
+        if rc != 0 { close(s); throw TestFailure("cannot connect to 127.0.0.1:\(port)") }
+        fd = s
         var one: Int32 = 1
         setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
     }
@@ -198,7 +221,9 @@ final class RawClient: @unchecked Sendable {
     /// The next frame of any kind, in arrival order.
     func rawFrame(timeout: Double = 10) throws -> ServerFrame {
         guard let f = try nextFrame(timeout: timeout) else {
-            throw TestFailure(closedByServer ? "the server closed the connection" : "no frame within \(timeout)s")
+            throw TestFailure(closedByServer
+                ? "the server closed the connection" + (closeErrno == 0 ? "" : " (\(String(cString: strerror(closeErrno))))")
+                : "no frame within \(timeout)s")
         }
         return f
     }
@@ -228,7 +253,7 @@ final class RawClient: @unchecked Sendable {
             var chunk = [UInt8](repeating: 0, count: 65536)
             let n = recv(fd, &chunk, chunk.count, 0)
             if n < 0 && (errno == EINTR || errno == EAGAIN) { continue } // e.g. SIGCHLD from a killed broker
-            if n <= 0 { closedByServer = true; continue }
+            if n <= 0 { closedByServer = true; closeErrno = n < 0 ? errno : 0; continue }
             buffer.writeBytes(chunk[0..<n])
         }
     }

@@ -25,18 +25,29 @@ import TortoiseStorage
             p.standardOutput = pipe
             try p.run()
             // Wait for "ready" (opening replays the log: slow under sanitizers), then let
-            // it write for a random while.
-            let reader = pipe.fileHandleForReading
-            var head = Data()
-            while !head.contains(10) {
-                let chunk = reader.availableData
-                if chunk.isEmpty { break }
-                head += chunk
+            // it write for a random while. The pipe is read without blocking and never to
+            // its end: a process another test starts meanwhile may hold its write end.
+            let fd = pipe.fileHandleForReading.fileDescriptor
+            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+            var bytes: [UInt8] = []
+            var chunk = [UInt8](repeating: 0, count: 65536)
+            func drain() {
+                while true {
+                    let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+                    if n > 0 { bytes += chunk[0..<n] } else if n < 0 && errno == EINTR { continue } else { return }
+                }
+            }
+            let patience = Date().addingTimeInterval(60)
+            while !bytes.contains(10) && Date() < patience {
+                drain()
+                try await Task.sleep(for: .milliseconds(5))
             }
             try await Task.sleep(for: .milliseconds(Int.random(in: 50...400)))
             kill(p.processIdentifier, SIGKILL)
             p.waitUntilExit()
-            let text = String(decoding: head + reader.readDataToEndOfFile(), as: UTF8.self)
+            drain()  // what it wrote before it died is all in the pipe now
+            withExtendedLifetime(pipe) {}
+            let text = String(decoding: bytes, as: UTF8.self)
             var lines = text.split(separator: "\n", omittingEmptySubsequences: false)
             if !text.hasSuffix("\n") { lines.removeLast() } // a line cut by the kill proves nothing
             #expect(lines.first == "ready", "round \(round)")

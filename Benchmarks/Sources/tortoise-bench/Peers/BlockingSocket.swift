@@ -11,15 +11,18 @@ final class BlockingSocket: @unchecked Sendable { // each one is used by one thr
     struct Failure: Error, CustomStringConvertible { var description: String }
 
     init(port: Int) throws {
-        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let s = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         var addr = sockaddr_in()
         addr.sin_family = sa_family_t(AF_INET)
         addr.sin_port = in_port_t(UInt16(port).bigEndian)
         addr.sin_addr.s_addr = inet_addr("127.0.0.1")
         let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(s, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
-        if rc != 0 { close(fd); throw Failure(description: "cannot connect to 127.0.0.1:\(port)") }
+        // Only a connected socket becomes `fd`: a throw after `fd` is set would run
+        // deinit, whose close would then close a descriptor someone else has by then.
+        if rc != 0 { close(s); throw Failure(description: "cannot connect to 127.0.0.1:\(port)") }
+        fd = s
         var one: Int32 = 1
         setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
     }
