@@ -94,7 +94,8 @@ final class BrokerProcess: @unchecked Sendable {
 
     /// SIGKILL, and wait for it to be gone.
     func kill9() {
-        kill(process.processIdentifier, SIGKILL)
+        // A process Foundation has already reaped may have lent its PID to another.
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
         process.waitUntilExit()
     }
 

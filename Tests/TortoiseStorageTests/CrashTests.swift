@@ -43,7 +43,7 @@ import TortoiseStorage
                 try await Task.sleep(for: .milliseconds(5))
             }
             try await Task.sleep(for: .milliseconds(Int.random(in: 50...400)))
-            kill(p.processIdentifier, SIGKILL)
+            if p.isRunning { kill(p.processIdentifier, SIGKILL) }  // never a reaped (reusable) PID
             p.waitUntilExit()
             drain()  // what it wrote before it died is all in the pipe now
             withExtendedLifetime(pipe) {}
