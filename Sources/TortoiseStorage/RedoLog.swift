@@ -18,22 +18,28 @@ struct LoggedBatch: Equatable {
     /// magic, body length, body checksum.
     static let headerSize = 12
 
-    /// The record: a header and the body.
+    /// The record: a header and the body, built in one buffer (this runs on every
+    /// group commit): the header's length and checksum are filled in last.
     func encoded() -> [UInt8] {
-        var body = ByteWriter(capacity: 64)
-        body.u64(number)
-        body.i64(now)
-        body.u64(nextID)
-        body.u64(nextSeq)
-        body.u32(UInt32(clamping: maxDeliveries))
-        body.u32(UInt32(ops.count))
-        for op in ops { op.encode(into: &body) }
-        var w = ByteWriter(capacity: Self.headerSize + body.bytes.count)
+        var w = ByteWriter(capacity: 64)
         w.u32(Self.magic)
-        w.u32(UInt32(body.bytes.count))
-        w.u32(CRC32.checksum(body.bytes))
-        w.raw(body.bytes)
-        return w.bytes
+        w.u32(0)
+        w.u32(0)
+        w.u64(number)
+        w.i64(now)
+        w.u64(nextID)
+        w.u64(nextSeq)
+        w.u32(UInt32(clamping: maxDeliveries))
+        w.u32(UInt32(ops.count))
+        for op in ops { op.encode(into: &w) }
+        var record = w.bytes
+        let length = UInt32(record.count - Self.headerSize)
+        let sum = CRC32.checksum(record[Self.headerSize...])
+        for i in 0..<4 {
+            record[4 + i] = UInt8(truncatingIfNeeded: length >> UInt32(24 - 8 * i))
+            record[8 + i] = UInt8(truncatingIfNeeded: sum >> UInt32(24 - 8 * i))
+        }
+        return record
     }
 
     /// Reads the record at `offset` of `bytes`; nil where there is none (zeros, a torn
@@ -45,8 +51,8 @@ struct LoggedBatch: Equatable {
               let length = try? h.u32(), let sum = try? h.u32() else { return nil }
         let end = offset + headerSize + Int(length)
         guard end <= bytes.count else { return nil }
+        guard CRC32.checksum(bytes[offset + headerSize..<end]) == sum else { return nil }
         let body = Array(bytes[offset + headerSize..<end])
-        guard CRC32.checksum(body) == sum else { return nil }
         var r = ByteReader(body)
         do throws(StorageError) {
             var batch = LoggedBatch(number: try r.u64(), now: try r.i64(), nextID: try r.u64(), nextSeq: try r.u64(),
@@ -268,7 +274,7 @@ enum CRC32 {
         return c
     }
 
-    static func checksum(_ bytes: [UInt8]) -> UInt32 {
+    static func checksum<C: Collection>(_ bytes: C) -> UInt32 where C.Element == UInt8 {
         var c: UInt32 = 0xFFFF_FFFF
         table.withUnsafeBufferPointer { t in
             for b in bytes { c = t[Int((c ^ UInt32(b)) & 0xFF)] ^ (c >> 8) }

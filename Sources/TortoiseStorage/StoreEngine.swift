@@ -40,6 +40,8 @@ final class StoreEngine: @unchecked Sendable {
     private var seqLimit: UInt64 = 1
     private var pendingLimits: (UInt64, UInt64)?
     static let reservation: UInt64 = 4096
+    /// The `meta` key of the number of the last batch committed (the redo log's mark).
+    static let walBatchKey = Array("wal_batch".utf8)
 
     init(directory: String, options: LMDBEnvironment.Options, maxDeliveries: Int, logFileSize: Int) throws(StorageError) {
         if mkdir(directory, 0o750) != 0 && errno != EEXIST {
@@ -87,7 +89,7 @@ final class StoreEngine: @unchecked Sendable {
             nextSeq = try metaNumber("next_seq", txn) ?? 1
             idLimit = nextID
             seqLimit = nextSeq
-            batchNumber = try metaNumber("wal_batch", txn) ?? 0
+            batchNumber = try txn.get(t.meta, Self.walBatchKey).map { UInt64(bigEndianBytes: $0) } ?? 0
         }
         try env.sync()
         committed = batchNumber
@@ -244,7 +246,7 @@ final class StoreEngine: @unchecked Sendable {
                     try saveCounters(txn)
                     guard !logged.isEmpty else { return }
                     let number = replaying?.number ?? batchNumber + 1
-                    try txn.put(t.meta, Array("wal_batch".utf8), number.bigEndianBytes)
+                    try txn.put(t.meta, Self.walBatchKey, number.bigEndianBytes)
                     if replaying == nil {
                         appended = try log.append(LoggedBatch(number: number, now: now, nextID: startID, nextSeq: startSeq,
                                                               maxDeliveries: maxDeliveries, ops: logged))

@@ -1,4 +1,6 @@
 import ArgumentParser
+import Foundation
+import NIOConcurrencyHelpers
 
 /// `tortoise-bench`: the project's benchmarks. Each prints its figures beside a peer or
 /// baseline measured in the same run, since these machines are shared and noisy.
@@ -9,4 +11,24 @@ struct Bench: AsyncParsableCommand {
         abstract: "TortoiseMQ benchmarks (figures as ratios to a baseline measured in the same run).",
         subcommands: [StorageBench.self, SearchBench.self, CompareBench.self, ScaleBench.self, PipeliningBench.self, HostileBench.self, RoundTripBench.self, RabbitScaleBench.self]
     )
+}
+
+/// Runs `body` on `n` threads at once (blocking drivers need real threads); returns
+/// their results in order, or the first error.
+func threads<R: Sendable>(_ n: Int, _ body: @escaping @Sendable (Int) throws -> R) throws -> [R] {
+    let results = NIOLockedValueBox<[Int: Result<R, any Error>]>([:])
+    let group = DispatchGroup()
+    for i in 0..<n {
+        group.enter()
+        let t = Thread {
+            let r = Result { try body(i) }
+            results.withLockedValue { $0[i] = r }
+            group.leave()
+        }
+        t.stackSize = 1 << 20
+        t.start()
+    }
+    group.wait()
+    let all = results.withLockedValue { $0 }
+    return try (0..<n).map { try all[$0]!.get() }
 }

@@ -102,25 +102,6 @@ struct CompareBench: ParsableCommand {
         return t
     }
 
-    /// Runs `n` threads; returns their results.
-    func threads<R: Sendable>(_ n: Int, _ body: @escaping @Sendable (Int) throws -> R) throws -> [R] {
-        let results = NIOLockedValueBox<[Int: Result<R, any Error>]>([:])
-        let group = DispatchGroup()
-        for i in 0..<n {
-            group.enter()
-            let t = Thread {
-                let r = Result { try body(i) }
-                results.withLockedValue { $0[i] = r }
-                group.leave()
-            }
-            t.stackSize = 1 << 20
-            t.start()
-        }
-        group.wait()
-        let all = results.withLockedValue { $0 }
-        return try (0..<n).map { try all[$0]!.get() }
-    }
-
     func matrix(_ peer: Peer, port: Int, tag: String) throws -> [Double] {
         let secs = seconds
         func deadline(_ s: Double) -> DispatchTime { .now() + .milliseconds(Int(s * 1000)) }

@@ -1,6 +1,5 @@
 import ArgumentParser
 import Foundation
-import NIOConcurrencyHelpers
 
 /// RabbitMQ's side of the scale figures (`Benchmarks/scale-rabbit.sh` starts, stops and
 /// restarts the node): memory with 1,010,000 waiting persistent messages and after they
@@ -30,24 +29,14 @@ struct RabbitScaleBench: ParsableCommand {
 
     func seed() throws {
         let t0 = DispatchTime.now()
-        let sent = NIOLockedValueBox(0)
-        let group = DispatchGroup()
-        for i in 0..<4 {
-            group.enter()
-            Thread {
-                defer { group.leave() }
-                let payload = [UInt8](repeating: 46, count: 100)
-                guard let p = try? RabbitProducer(port: port, queue: "q\(i)"),
-                      let n = try? p.putWindowed(window: 64, deadline: .distantFuture, limit: messages / 4, payload: { payload })
-                else { return }
-                sent.withLockedValue { $0 += n }
-            }.start()
-        }
-        group.wait()
+        let payload = [UInt8](repeating: 46, count: 100)
+        let sent = try threads(4) { i in
+            try RabbitProducer(port: port, queue: "q\(i)").putWindowed(window: 64, deadline: .distantFuture, limit: messages / 4, payload: { payload })
+        }.reduce(0, +)
         let secs = Double(DispatchTime.now().uptimeNanoseconds - t0.uptimeNanoseconds) / 1e9
         Thread.sleep(forTimeInterval: 5)
         let m = ScaleBench.memory(pid)
-        print("RabbitMQ: published and confirmed \(sent.withLockedValue { $0 }) persistent messages in \(String(format: "%.1f", secs)) s")
+        print("RabbitMQ: published and confirmed \(sent) persistent messages in \(String(format: "%.1f", secs)) s")
         print("RabbitMQ: memory with them waiting: anonymous RSS \(mib(m.anon)) (total RSS \(mib(m.total)))")
     }
 
@@ -55,22 +44,16 @@ struct RabbitScaleBench: ParsableCommand {
         let full = ScaleBench.memory(pid)
         print("RabbitMQ: memory after the restart with them waiting: anonymous RSS \(mib(full.anon)) (total RSS \(mib(full.total)))")
         let t0 = DispatchTime.now()
-        let counter = NIOLockedValueBox(0)
-        let group = DispatchGroup()
-        for i in 0..<8 {
-            group.enter()
-            Thread {
-                defer { group.leave() }
-                guard let c = try? RabbitConsumer(port: port, queue: "q\(i % 4)") else { return }
-                while let (h, _) = try? c.next(timeout: 2) {
-                    try? c.ack(h)
-                    counter.withLockedValue { $0 += 1 }
-                }
-            }.start()
-        }
-        group.wait()
+        let consumed = try threads(8) { i in
+            let c = try RabbitConsumer(port: port, queue: "q\(i % 4)")
+            var n = 0
+            while let (h, _) = try c.next(timeout: 2) {
+                try c.ack(h)
+                n += 1
+            }
+            return n
+        }.reduce(0, +)
         let secs = Double(DispatchTime.now().uptimeNanoseconds - t0.uptimeNanoseconds) / 1e9
-        let consumed = counter.withLockedValue { $0 }
         Thread.sleep(forTimeInterval: 5)
         let drained = ScaleBench.memory(pid)
         print("RabbitMQ: drained \(consumed) messages with 8 consumers in \(String(format: "%.1f", secs)) s (\(Int(Double(consumed) / secs)) /s)")
