@@ -147,7 +147,8 @@ struct TestFailure: Error, CustomStringConvertible {
 
 /// A blocking raw-protocol client with time limits, for tests.
 final class RawClient: @unchecked Sendable {
-    let fd: Int32
+    /// The socket; -1 once ``disconnect()`` closed it.
+    private(set) var fd: Int32
     private var buffer = ByteBuffer()
     private var parser = ServerFrameParser()
     private(set) var closedByServer = false
@@ -171,7 +172,14 @@ final class RawClient: @unchecked Sendable {
         setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
     }
 
-    deinit { close(fd) }
+    /// Closes the connection (once: a second close could hit a descriptor another test
+    /// has opened since).
+    func disconnect() {
+        if fd >= 0 { close(fd) }
+        fd = -1
+    }
+
+    deinit { disconnect() }
 
     func send(_ text: String) {
         if ProcessInfo.processInfo.environment["RAW_DEBUG"] != nil { print("SEND", text.debugDescription) }

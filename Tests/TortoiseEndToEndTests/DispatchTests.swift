@@ -77,7 +77,7 @@ import TortoiseProtocol
         _ = try p.put("q", "t2")
         _ = try p.put("q", "t3")
         // The worker goes away holding it: it goes back to the front, before t2 and t3.
-        close(w1.fd)
+        w1.disconnect()
         Thread.sleep(forTimeInterval: 0.2)
         #expect(try p.stats().queues["q"]?.ready == 3)
         let w2 = try broker.client()
@@ -98,7 +98,7 @@ import TortoiseProtocol
         let m = try w1.message()
         #expect(try w2.call("SUB q") == .ok([]))
         #expect(try !w2.hasMessage(within: 0.2))
-        close(w1.fd)
+        w1.disconnect()
         let moved = try w2.message(timeout: 5)
         #expect(moved.id == m.id && moved.delivery == 2)
     }
