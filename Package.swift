@@ -96,9 +96,13 @@ let package = Package(
             ],
             path: "Examples/worker"
         ),
+        .target(
+            name: "TortoiseTestSupport",
+            path: "Tests/TortoiseTestSupport"
+        ),
         .testTarget(
             name: "TortoiseStorageTests",
-            dependencies: ["TortoiseStorage"]
+            dependencies: ["TortoiseStorage", "TortoiseTestSupport"]
         ),
         .testTarget(
             name: "TortoiseProtocolTests",
@@ -110,6 +114,7 @@ let package = Package(
                 "TortoiseClient",
                 "TortoiseStorage",
                 "TortoiseProtocol",
+                "TortoiseTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]

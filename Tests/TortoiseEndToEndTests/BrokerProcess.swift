@@ -2,6 +2,7 @@ import Foundation
 import NIOCore
 import TortoiseClient
 import TortoiseProtocol
+import TortoiseTestSupport
 
 /// A real `tortoised` process on 127.0.0.1 with its own data directory.
 final class BrokerProcess: @unchecked Sendable {
@@ -32,7 +33,8 @@ final class BrokerProcess: @unchecked Sendable {
     let directory: String
     let arguments: [String]
     let environment: [String: String]
-    private(set) var process: Process!
+    /// The running (or last) tortoised; it is killed when this object goes away.
+    private(set) var process: ChildProcess!
     private(set) var port = 0
     private(set) var stderrPath: String
 
@@ -47,28 +49,17 @@ final class BrokerProcess: @unchecked Sendable {
 
     /// Starts the process (again) on the same directory and port choice.
     func start(port fixedPort: Int? = nil) throws {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: Self.binary("tortoised"))
-        p.arguments = ["--data", directory, "--port", String(fixedPort ?? 0)] + arguments
-        var env = ProcessInfo.processInfo.environment
-        env["TORTOISE_TOKEN"] = nil
+        var env = ChildProcess.environment(["TORTOISE_TOKEN": nil])
         for (k, v) in environment { env[k] = v }
-        p.environment = env
-        let out = Pipe()
-        p.standardOutput = out
         // Every start of this broker appends to one file, so a crash before a restart
         // stays readable.
-        if !FileManager.default.fileExists(atPath: stderrPath) {
-            _ = FileManager.default.createFile(atPath: stderrPath, contents: nil)
-        }
-        let errors = FileHandle(forWritingAtPath: stderrPath)
-        errors?.seekToEndOfFile()
-        p.standardError = errors
-        try p.run()
+        let p = try ChildProcess(Self.binary("tortoised"), ["--data", directory, "--port", String(fixedPort ?? 0)] + arguments,
+                                 environment: env, stdout: .pipe, stderr: .file(stderrPath, append: true))
         process = p
-        let line = try Self.readLine(out.fileHandleForReading, timeout: 30)
+        let line = try Self.readLine(p.stdoutPipe, timeout: 30)
         guard let line, line.hasPrefix("tortoised listening on 127.0.0.1:"), let port = Int(line.split(separator: ":").last!) else {
-            p.terminate()
+            p.signal(SIGKILL)
+            p.wait()
             throw TestFailure("tortoised did not print its listening line; got \(line ?? "nothing"); stderr: \(stderr)")
         }
         self.port = port
@@ -76,10 +67,9 @@ final class BrokerProcess: @unchecked Sendable {
 
     var stderr: String { (try? String(contentsOfFile: stderrPath, encoding: .utf8)) ?? "" }
 
-    static func readLine(_ h: FileHandle, timeout: Double) throws -> String? {
+    static func readLine(_ fd: Int32, timeout: Double) throws -> String? {
         var bytes: [UInt8] = []
         let deadline = Date().addingTimeInterval(timeout)
-        let fd = h.fileDescriptor
         while Date() < deadline {
             var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
             guard poll(&pfd, 1, 100) > 0 else { continue }
@@ -94,18 +84,15 @@ final class BrokerProcess: @unchecked Sendable {
 
     /// SIGKILL, and wait for it to be gone.
     func kill9() {
-        // A process Foundation has already reaped may have lent its PID to another.
-        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-        process.waitUntilExit()
+        process.signal(SIGKILL)
+        process.wait()
     }
 
     /// SIGTERM; returns the exit status.
     @discardableResult
     func terminate() -> Int32 {
-        if process.isRunning {
-            kill(process.processIdentifier, SIGTERM)
-            process.waitUntilExit()
-        }
+        process.signal(SIGTERM)
+        process.wait()
         return process.terminationStatus
     }
 
@@ -132,12 +119,6 @@ final class BrokerProcess: @unchecked Sendable {
 
     func client() throws -> RawClient { try RawClient(port: port) }
 
-    deinit {
-        if let process, process.isRunning {
-            kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
-        }
-    }
 }
 
 struct TestFailure: Error, CustomStringConvertible {
@@ -156,7 +137,7 @@ final class RawClient: @unchecked Sendable {
     private(set) var closeErrno: Int32 = 0
 
     init(port: Int) throws {
-        let s = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let s = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         var addr = sockaddr_in()
         addr.sin_family = sa_family_t(AF_INET)
         addr.sin_port = in_port_t(UInt16(port).bigEndian)

@@ -6,20 +6,8 @@ import TortoiseProtocol
 /// a second instance on the same data directory.
 @Suite(.serialized) struct CommandLineTests {
     func run(_ args: [String], timeout: Double = 20) throws -> (status: Int32, stdout: String, stderr: String) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: BrokerProcess.binary("tortoised"))
-        p.arguments = args
-        let out = Pipe()
-        let err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        try p.run()
-        let deadline = Date().addingTimeInterval(timeout)
-        while p.isRunning && Date() < deadline { Thread.sleep(forTimeInterval: 0.05) }
-        if p.isRunning { p.terminate(); throw TestFailure("tortoised \(args) did not exit") }
-        return (p.terminationStatus,
-                String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self),
-                String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
+        let t = try Tool.run("tortoised", args, timeout: timeout)
+        return (t.status, t.stdout, t.stderr)
     }
 
     @Test func aSecondBrokerOnTheSameDataDirectoryRefusesToStart() throws {
@@ -39,9 +27,9 @@ import TortoiseProtocol
     @Test func sigintStopsCleanlyWithStatusZero() throws {
         let broker = try BrokerProcess()
         _ = try broker.client().put("q", "x")
-        kill(broker.process.processIdentifier, SIGINT)
-        broker.process.waitUntilExit()
-        #expect(broker.process.terminationReason == .exit)
+        broker.process.signal(SIGINT)
+        broker.process.wait()
+        #expect(broker.process.exitedNormally)
         #expect(broker.process.terminationStatus == 0)
         #expect(broker.stderr.contains("stopped cleanly"))
     }
@@ -104,7 +92,7 @@ import TortoiseProtocol
         #expect(try other.put("q", "still fine") == 1)
         #expect(sent < 50 * flood.count, "the broker kept reading from a client that does not read")
         // Its memory stays bounded: anonymous RSS well under 200 MiB.
-        let status = try String(contentsOfFile: "/proc/\(broker.process.processIdentifier)/status", encoding: .utf8)
+        let status = try String(contentsOfFile: "/proc/\(broker.process.pid)/status", encoding: .utf8)
         let anon = status.split(separator: "\n").first { $0.hasPrefix("RssAnon:") }
         let kb = anon.flatMap { Int($0.split(separator: " ", omittingEmptySubsequences: true)[1]) } ?? 0
         // (Under a sanitizer, shadow memory makes RSS meaningless: TORTOISE_SANITIZER skips it.)

@@ -1,28 +1,22 @@
 import Foundation
 import Testing
 import TortoiseProtocol
+import TortoiseTestSupport
 
 /// The data directory on a small filesystem of its own (a tmpfs), filled while clients write.
 @Suite(.serialized) struct DiskFullTests {
     @Test func aFullDiskRefusesPutsKeepsAcksAndReadsAndRecovers() throws {
         let mountPoint = BrokerProcess.freshDirectory()
         try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
-        let mount = Process()
-        mount.executableURL = URL(fileURLWithPath: "/bin/mount")
-        mount.arguments = ["-t", "tmpfs", "-o", "size=24m", "tmpfs", mountPoint]
-        try mount.run()
-        mount.waitUntilExit()
+        let mount = try ChildProcess("/bin/mount", ["-t", "tmpfs", "-o", "size=24m", "tmpfs", mountPoint], environment: [:])
+        mount.wait()
         guard mount.terminationStatus == 0 else {
             // Mounting needs root (CI runs as root); elsewhere there is nothing to test on.
             Issue.record("cannot mount a tmpfs here (not root?): the disk-full test did not run")
             return
         }
         defer {
-            let u = Process()
-            u.executableURL = URL(fileURLWithPath: "/bin/umount")
-            u.arguments = ["-l", mountPoint]
-            try? u.run()
-            u.waitUntilExit()
+            (try? ChildProcess("/bin/umount", ["-l", mountPoint], environment: [:]))?.wait()
         }
         let filler = mountPoint + "/filler"
         _ = FileManager.default.createFile(atPath: filler, contents: Data(count: 4 << 20))

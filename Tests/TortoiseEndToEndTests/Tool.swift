@@ -1,4 +1,5 @@
 import Foundation
+import TortoiseTestSupport
 
 /// Runs one of the project's binaries to completion and captures what it printed.
 struct Tool {
@@ -7,52 +8,30 @@ struct Tool {
     var stderr: String
 
     static func run(_ name: String, _ args: [String], port: Int? = nil, environment: [String: String] = [:], timeout: Double = 30) throws -> Tool {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: BrokerProcess.binary(name))
-        p.arguments = args
-        var env = ProcessInfo.processInfo.environment
-        env["TORTOISE_TOKEN"] = nil
-        env["TORTOISE_HOST"] = nil
-        if let port { env["TORTOISE_PORT"] = String(port) } else { env["TORTOISE_PORT"] = nil }
+        var env = ChildProcess.environment(["TORTOISE_TOKEN": nil, "TORTOISE_HOST": nil, "TORTOISE_PORT": port.map(String.init)])
         for (k, v) in environment { env[k] = v }
-        p.environment = env
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tortoise-tool-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: dir) }
-        let outURL = dir.appendingPathComponent("out")
-        let errURL = dir.appendingPathComponent("err")
-        _ = FileManager.default.createFile(atPath: outURL.path, contents: nil)
-        _ = FileManager.default.createFile(atPath: errURL.path, contents: nil)
-        p.standardOutput = try FileHandle(forWritingTo: outURL)
-        p.standardError = try FileHandle(forWritingTo: errURL)
-        try p.run()
-        let deadline = Date().addingTimeInterval(timeout)
-        while p.isRunning && Date() < deadline { Thread.sleep(forTimeInterval: 0.02) }
-        if p.isRunning { p.terminate(); throw TestFailure("\(name) \(args) did not finish") }
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tortoise-tool-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let p = try ChildProcess(BrokerProcess.binary(name), args, environment: env,
+                                 stdout: .file(dir + "/out", append: false), stderr: .file(dir + "/err", append: false))
+        guard p.wait(timeout: timeout) else { throw TestFailure("\(name) \(args) did not finish within \(timeout)s") }
         return Tool(status: p.terminationStatus,
-                    stdout: (try? String(contentsOf: outURL, encoding: .utf8)) ?? "",
-                    stderr: (try? String(contentsOf: errURL, encoding: .utf8)) ?? "")
+                    stdout: (try? String(contentsOfFile: dir + "/out", encoding: .utf8)) ?? "",
+                    stderr: (try? String(contentsOfFile: dir + "/err", encoding: .utf8)) ?? "")
     }
 }
 
 /// A long-running binary (a worker) whose output is read as it comes.
 final class Background: @unchecked Sendable {
-    let process = Process()
+    let process: ChildProcess
     let outputPath: String
 
     init(_ name: String, _ args: [String] = [], port: Int) throws {
         outputPath = FileManager.default.temporaryDirectory.appendingPathComponent("tortoise-bg-\(UUID().uuidString)").path
-        _ = FileManager.default.createFile(atPath: outputPath, contents: nil)
-        process.executableURL = URL(fileURLWithPath: BrokerProcess.binary(name))
-        process.arguments = args
-        var env = ProcessInfo.processInfo.environment
-        env["TORTOISE_PORT"] = String(port)
-        env["TORTOISE_TOKEN"] = nil
-        process.environment = env
-        let h = FileHandle(forWritingAtPath: outputPath)
-        process.standardOutput = h
-        process.standardError = h
-        try process.run()
+        let env = ChildProcess.environment(["TORTOISE_PORT": String(port), "TORTOISE_TOKEN": nil])
+        process = try ChildProcess(BrokerProcess.binary(name), args, environment: env,
+                                   stdout: .file(outputPath, append: true), stderr: .file(outputPath, append: true))
     }
 
     var output: String { (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? "" }
@@ -67,12 +46,10 @@ final class Background: @unchecked Sendable {
     }
 
     func interrupt() -> Int32 {
-        kill(process.processIdentifier, SIGINT)
-        process.waitUntilExit()
+        process.signal(SIGINT)
+        process.wait()
         return process.terminationStatus
     }
 
-    deinit {
-        if process.isRunning { kill(process.processIdentifier, SIGKILL); process.waitUntilExit() }
-    }
+    deinit { try? FileManager.default.removeItem(atPath: outputPath) }
 }

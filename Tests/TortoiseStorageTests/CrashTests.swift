@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import TortoiseStorage
+import TortoiseTestSupport
 
 /// A child process writes at full speed; it is killed with SIGKILL at a random moment,
 /// many times over, on the same directory. Every change it was told is durable must be
@@ -18,16 +19,10 @@ import TortoiseStorage
         var put: [TaskID: (queue: String, payload: String)] = [:]
         let rounds = 12
         for round in 0..<rounds {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: Self.helper)
-            p.arguments = [dir, "16"]
-            let pipe = Pipe()
-            p.standardOutput = pipe
-            try p.run()
+            let p = try ChildProcess(Self.helper, [dir, "16"], environment: ChildProcess.environment([:]), stdout: .pipe)
             // Wait for "ready" (opening replays the log: slow under sanitizers), then let
-            // it write for a random while. The pipe is read without blocking and never to
-            // its end: a process another test starts meanwhile may hold its write end.
-            let fd = pipe.fileHandleForReading.fileDescriptor
+            // it write for a random while.
+            let fd = p.stdoutPipe
             _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
             var bytes: [UInt8] = []
             var chunk = [UInt8](repeating: 0, count: 65536)
@@ -43,10 +38,9 @@ import TortoiseStorage
                 try await Task.sleep(for: .milliseconds(5))
             }
             try await Task.sleep(for: .milliseconds(Int.random(in: 50...400)))
-            if p.isRunning { kill(p.processIdentifier, SIGKILL) }  // never a reaped (reusable) PID
-            p.waitUntilExit()
+            p.signal(SIGKILL)
+            p.wait()
             drain()  // what it wrote before it died is all in the pipe now
-            withExtendedLifetime(pipe) {}
             let text = String(decoding: bytes, as: UTF8.self)
             var lines = text.split(separator: "\n", omittingEmptySubsequences: false)
             if !text.hasSuffix("\n") { lines.removeLast() } // a line cut by the kill proves nothing
