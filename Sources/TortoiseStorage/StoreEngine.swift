@@ -16,14 +16,18 @@ public func currentMillis() -> Millis {
 /// committer's); reads run anywhere, each in its own read transaction.
 final class StoreEngine: @unchecked Sendable {
     /// 1: LMDB flushed at every group commit. 2: a redo log (`wal-0`, `wal-1`) holds
-    /// what LMDB's flushed file may not.
-    static let formatVersion: UInt32 = 2
+    /// what LMDB's flushed file may not. 3: checkpoints (`checkpoint`), whose snapshot is
+    /// put back at open; an older tortoised must not write such a store (it would reuse
+    /// the pages of the checkpointed snapshot), so it is refused there.
+    static let formatVersion: UInt32 = 3
 
     let env: LMDBEnvironment
     let t: StoreTables
     let index: FailedIndex
     var maxDeliveries: Int
     let log: RedoLog
+    let checkpoints: CheckpointFile
+    private let checkpointLock = NSLock()
     private let lockFD: Int32
     /// The number of the last batch committed (writer-only; see ``committedBatch``).
     private(set) var batchNumber: UInt64 = 0
@@ -57,7 +61,17 @@ final class StoreEngine: @unchecked Sendable {
         var opts = options
         opts.maxDatabases = StoreTables.tableCount + 2
         do {
+            // The last checkpointed snapshot is whole on disk; a newer meta page may not
+            // be (a power cut during a background flush): start from the checkpoint, and
+            // the redo log brings back the rest.
+            let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
+            if let c = CheckpointFile.latest(in: directory, pageSize: pageSize) {
+                try LMDBEnvironment.restoreMeta(directory: directory, page: c.metaPage)
+            }
             env = try LMDBEnvironment(directory: directory, options: opts)
+            checkpoints = try CheckpointFile(directory: directory, pageSize: env.pageSize)
+            // Its pages must stay as they are until the next checkpoint is on disk.
+            _ = try env.pinLatestSnapshot()
             t = try StoreTables(env: env)
         } catch {
             close(fd)
@@ -115,9 +129,36 @@ final class StoreEngine: @unchecked Sendable {
         nextID = max(nextID, startID)
         nextSeq = max(nextSeq, startSeq)
         maxDeliveries = deliveries
-        try env.sync()
+        try checkpoint()
         try log.restart(through: batchNumber)
         return batches.count
+    }
+
+    /// Pins the latest committed snapshot and notes its meta page and batch: the first
+    /// half of a checkpoint, taken between write transactions (by the writer).
+    func takeSnapshot() throws(StorageError) -> Checkpoint {
+        let txnid = try env.pinLatestSnapshot()
+        guard let page = try env.metaPage(for: txnid) else {
+            throw StorageError(.corrupt, "the meta page of transaction \(txnid) is not in the store's file")
+        }
+        return Checkpoint(txnid: txnid, batch: batchNumber, metaPage: page)
+    }
+
+    /// Flushes LMDB's file, and records `snapshot` (now wholly on disk) as the one to
+    /// start from: older snapshots' pages may be reused from here on, and the redo log
+    /// may drop the batches `snapshot` holds. Any thread; one at a time.
+    func persist(_ snapshot: Checkpoint) throws(StorageError) {
+        checkpointLock.lock()
+        defer { checkpointLock.unlock() }
+        try env.sync()
+        try checkpoints.write(snapshot)
+        env.releasePins(before: snapshot.txnid)
+        log.dataFlushed(through: snapshot.batch)
+    }
+
+    /// A whole checkpoint, when nothing else writes (at open and close).
+    func checkpoint() throws(StorageError) {
+        try persist(try takeSnapshot())
     }
 
     private var lockReleased = false
@@ -215,6 +256,7 @@ final class StoreEngine: @unchecked Sendable {
             let free = (try? env.freeBytes()) ?? 0
             full = env.usedBytes - free >= env.maxMapSize - env.reserve / 4
         }
+        var checkpointed = false
         while true {
             let now = replaying?.now ?? currentMillis()
             if let replaying {
@@ -274,10 +316,16 @@ final class StoreEngine: @unchecked Sendable {
             } catch where error.code == .storageFull {
                 if appended != nil { log.retract() }
                 do throws(StorageError) {
-                    if !full && replaying == nil {
-                        if try !env.grow() { full = true }
-                    } else if try !env.grow(limit: env.maxMapSize + env.reserve) {
-                        return ops.map { _ in .failure(error) }
+                    let limit = !full && replaying == nil ? env.maxMapSize : env.maxMapSize + env.reserve
+                    if try !env.grow(limit: limit) {
+                        // Pages freed since the last checkpoint are kept until the next:
+                        // take one now, and they are free for this batch.
+                        if !checkpointed {
+                            checkpointed = true
+                            try checkpoint()
+                            continue
+                        }
+                        if !full && replaying == nil { full = true } else { return ops.map { _ in .failure(error) } }
                     }
                 } catch {
                     return ops.map { _ in .failure(error) }
@@ -495,7 +543,7 @@ final class StoreEngine: @unchecked Sendable {
             let ops = ids[chunk..<min(ids.count, chunk + 10_000)].map { StoreOperation.release($0) }
             for r in apply(ops, replaying: nil) { if case .failure(let e) = r, e.code != .notFound { throw e } }
         }
-        try env.sync()
+        try checkpoint()
         return ids.count
     }
 

@@ -8,10 +8,10 @@ import Foundation
 /// batch's record to the redo log; a second thread then flushes the log with one
 /// `fdatasync` and only then completes the durable changes. While it flushes, the writer
 /// already applies the next batch, so a change that need not be durable (taking a task
-/// for delivery) never waits for a flush. A third thread flushes LMDB's own file every
-/// few milliseconds, off every caller's path; at open, the logged batches that file
-/// lacks are applied again. Callers are completed on those threads: hop to your own
-/// executor before touching your state.
+/// for delivery) never waits for a flush. A third thread checkpoints LMDB's own file
+/// every 100 ms, off every caller's path (docs/storage.md, "Checkpoints"); at open, the
+/// logged batches that file lacks are applied again. Callers are completed on those
+/// threads: hop to your own executor before touching your state.
 public final class TaskStore: @unchecked Sendable {
     /// How to open a store.
     public struct Configuration: Sendable {
@@ -24,9 +24,11 @@ public final class TaskStore: @unchecked Sendable {
         /// A task delivered this many times that comes back without ACK or NACK goes to
         /// the failed store (0: no limit).
         public var maxDeliveries: Int = 10
-        /// How often LMDB's file is flushed in the background (the redo log keeps
-        /// every change in between); it is also flushed whenever a log file is half full.
-        public var dataFlushInterval: Duration = .seconds(1)
+        /// How often LMDB's file is checkpointed in the background (the redo log keeps
+        /// every change in between); also whenever a log file is half full. Until the next
+        /// checkpoint, LMDB reuses no page it frees, so a shorter interval keeps the file
+        /// smaller (the pages written per commit are the same).
+        public var dataFlushInterval: Duration = .milliseconds(100)
         /// Off: LMDB's file is flushed only by ``TaskStore/flushData()`` and at close (for
         /// tests that simulate losing its unflushed pages).
         public var flushesDataInBackground = true
@@ -53,6 +55,9 @@ public final class TaskStore: @unchecked Sendable {
     private let engine: StoreEngine
     private let writerCondition = NSCondition()
     private var pending: [Pending] = []
+    /// Asked of the writer by a checkpoint: a snapshot pinned between two batches.
+    private var snapshotWanted = false
+    private var snapshot: Result<Checkpoint, StorageError>?
     private var closing = false
     private var writerDone = false
     private let syncCondition = NSCondition()
@@ -154,14 +159,23 @@ public final class TaskStore: @unchecked Sendable {
         flusherCondition.signal()
         while !flusherDone { flusherCondition.wait() }
         flusherCondition.unlock()
-        try? engine.env.sync()
+        try? engine.checkpoint()
         engine.shutDown()
     }
 
     private func writerLoop() {
         while true {
             writerCondition.lock()
-            while pending.isEmpty && !closing { writerCondition.wait() }
+            while pending.isEmpty && !closing && !snapshotWanted { writerCondition.wait() }
+            if snapshotWanted {
+                snapshotWanted = false
+                do throws(StorageError) { snapshot = .success(try engine.takeSnapshot()) } catch { snapshot = .failure(error) }
+                writerCondition.broadcast()
+                if pending.isEmpty && !closing {
+                    writerCondition.unlock()
+                    continue
+                }
+            }
             if pending.isEmpty && closing {
                 writerDone = true
                 writerCondition.broadcast()
@@ -256,8 +270,10 @@ public final class TaskStore: @unchecked Sendable {
         }
     }
 
-    /// Flushes LMDB's file every ``Configuration/dataFlushInterval``, or when the writer
-    /// asks, if something was committed; tells the log which records are no longer needed.
+    /// Checkpoints every ``Configuration/dataFlushInterval``, or when the writer asks, if
+    /// something was committed: the writer pins the latest snapshot, LMDB's file is
+    /// flushed, and the snapshot is recorded in the checkpoint file; the older snapshot's
+    /// pages become free to reuse and the log may drop what the new one holds.
     private func flushLoop() {
         var flushed = engine.committedBatch
         flusherCondition.lock()
@@ -269,16 +285,21 @@ public final class TaskStore: @unchecked Sendable {
             flushWanted = false
             flusherCondition.unlock()
             let committed = engine.committedBatch
+            var writerStopped = false
             if flushesDataInBackground, committed > flushed {
                 do throws(StorageError) {
-                    try engine.env.sync()
-                    flushed = committed
-                    engine.log.dataFlushed(through: committed)
+                    if let snapshot = try snapshotFromWriter() {
+                        try engine.persist(snapshot)
+                        flushed = snapshot.batch
+                    } else {
+                        writerStopped = true  // close() checkpoints last
+                    }
                 } catch {
                     dataFlushFailed?(error)
                 }
             }
             flusherCondition.lock()
+            if writerStopped { break }
         }
         flusherDone = true
         flusherCondition.broadcast()
@@ -287,9 +308,23 @@ public final class TaskStore: @unchecked Sendable {
 
     /// Flushes LMDB's file now (for tests that turn ``Configuration/flushesDataInBackground`` off).
     public func flushData() throws(StorageError) {
-        let committed = engine.committedBatch
-        try engine.env.sync()
-        engine.log.dataFlushed(through: committed)
+        guard let snapshot = try snapshotFromWriter() else { throw StorageError(.closed, "the store is closed") }
+        try engine.persist(snapshot)
+    }
+
+    /// Has the writer pin the latest snapshot between two batches; nil once it has stopped.
+    private func snapshotFromWriter() throws(StorageError) -> Checkpoint? {
+        writerCondition.lock()
+        defer { writerCondition.unlock() }
+        while snapshotWanted || snapshot != nil {
+            if writerDone { return nil }
+            writerCondition.wait()
+        }
+        snapshotWanted = true
+        writerCondition.signal()
+        while snapshot == nil && !writerDone { writerCondition.wait() }
+        defer { snapshot = nil; writerCondition.broadcast() }
+        return try snapshot?.get()
     }
 
     /// The store format recorded in the data directory (for checks).

@@ -1,4 +1,5 @@
 import CLMDB
+import Foundation
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -69,7 +70,10 @@ public final class LMDBEnvironment: @unchecked Sendable {
     private var isClosed = false
 
     deinit {
-        if !isClosed { mdb_env_close(handle) }
+        if !isClosed {
+            releasePins(before: .max)
+            mdb_env_close(handle)
+        }
     }
 
     /// Closes the environment once the read transactions in flight end. Later calls fail
@@ -78,6 +82,7 @@ public final class LMDBEnvironment: @unchecked Sendable {
         resizeLock.withWriteLock {
             if !isClosed {
                 isClosed = true
+                releasePins(before: .max)
                 mdb_env_close(handle)
             }
         }
@@ -92,6 +97,82 @@ public final class LMDBEnvironment: @unchecked Sendable {
             try check(mdb_dbi_open(txn.handle, name, flags, &dbi), "opening table \(name)")
         }
         return LMDBDatabase(dbi: dbi)
+    }
+
+    // MARK: Snapshots that stay on disk (see ``Checkpoint``)
+
+    private let pinLock = NSLock()
+    /// Read transactions that keep snapshots' pages from being reused, by transaction id.
+    private var pins: [(txnid: UInt64, txn: OpaquePointer)] = []
+
+    /// The size of LMDB's pages in this environment.
+    public var pageSize: Int {
+        var stat = MDB_stat()
+        mdb_env_stat(handle, &stat)
+        return Int(stat.ms_psize)
+    }
+
+    /// Pins the latest committed snapshot: until ``releasePins(before:)`` lets it go, LMDB
+    /// reuses none of its pages, so what a flush wrote of it stays. Returns its
+    /// transaction id. Call between write transactions (from the writer).
+    func pinLatestSnapshot() throws(StorageError) -> UInt64 {
+        var txn: OpaquePointer?
+        try check(mdb_txn_begin(handle, nil, UInt32(MDB_RDONLY), &txn), "pinning a snapshot")
+        guard let txn else { throw StorageError(.io, "mdb_txn_begin returned no transaction") }
+        let id = UInt64(mdb_txn_id(txn))
+        pinLock.withLock { pins.append((id, txn)) }
+        return id
+    }
+
+    /// Lets go of the pinned snapshots older than `txnid`.
+    func releasePins(before txnid: UInt64) {
+        pinLock.withLock {
+            for p in pins where p.txnid < txnid { mdb_txn_abort(p.txn) }
+            pins.removeAll { $0.txnid < txnid }
+        }
+    }
+
+    /// The meta page LMDB wrote for transaction `txnid`, read from its file; nil when a
+    /// later commit has already written over it. Call between write transactions.
+    func metaPage(for txnid: UInt64) throws(StorageError) -> [UInt8]? {
+        var fd: Int32 = -1
+        try check(mdb_env_get_fd(handle, &fd), "reading the store's meta page")
+        let size = pageSize
+        let page = Int(txnid & 1)
+        var bytes = [UInt8](repeating: 0, count: size)
+        let n = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress, size, off_t(page * size)) }
+        guard n == size else { throw StorageError(.io, "cannot read the store's meta page: \(String(cString: strerror(errno)))") }
+        return Self.metaTxnid(bytes) == txnid ? bytes : nil
+    }
+
+    /// Where LMDB keeps a meta page's transaction id: after the 16-byte page header, the
+    /// magic and version, the address and map size, the two table records (48 bytes each)
+    /// and the last page number.
+    static let metaTxnidOffset = 16 + 4 + 4 + 8 + 8 + 2 * 48 + 8
+    static let metaMagic: UInt32 = 0xBEEF_C0DE
+
+    static func metaTxnid(_ page: [UInt8]) -> UInt64? {
+        guard page.count >= metaTxnidOffset + 8 else { return nil }
+        let magic = page.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 16, as: UInt32.self) }
+        guard UInt32(littleEndian: magic) == metaMagic else { return nil }
+        return UInt64(littleEndian: page.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: metaTxnidOffset, as: UInt64.self) })
+    }
+
+    /// Puts `page` (a meta page saved by a checkpoint) in both meta slots of the LMDB file
+    /// in `directory`, and flushes it. Run before opening the environment.
+    static func restoreMeta(directory: String, page: [UInt8]) throws(StorageError) {
+        let path = directory + "/data.mdb"
+        let fd = open(path, O_RDWR | O_CLOEXEC)
+        if fd < 0 { throw StorageError(.io, "cannot open \(path): \(String(cString: strerror(errno)))") }
+        defer { _ = Glibc.close(fd) }
+        for slot in 0..<2 {
+            var copy = page
+            // The page header starts with the page's own number.
+            withUnsafeBytes(of: UInt64(slot).littleEndian) { n in copy.replaceSubrange(0..<8, with: n) }
+            let written = copy.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, off_t(slot * page.count)) }
+            guard written == page.count else { throw StorageError(.io, "cannot write \(path): \(String(cString: strerror(errno)))") }
+        }
+        guard fdatasync(fd) == 0 else { throw StorageError(.io, "cannot flush \(path): \(String(cString: strerror(errno)))") }
     }
 
     /// Flushes everything committed so far to disk (`fdatasync`).
