@@ -9,7 +9,7 @@ import Foundation
 /// `fdatasync` and only then completes the durable changes. While it flushes, the writer
 /// already applies the next batch, so a change that need not be durable (taking a task
 /// for delivery) never waits for a flush. A third thread checkpoints LMDB's own file
-/// every 100 ms, off every caller's path (docs/storage.md, "Checkpoints"); at open, the
+/// every 10 ms, off every caller's path (docs/storage.md, "Checkpoints"); at open, the
 /// logged batches that file lacks are applied again. Callers are completed on those
 /// threads: hop to your own executor before touching your state.
 public final class TaskStore: @unchecked Sendable {
@@ -28,7 +28,7 @@ public final class TaskStore: @unchecked Sendable {
         /// every change in between); also whenever a log file is half full. Until the next
         /// checkpoint, LMDB reuses no page it frees, so a shorter interval keeps the file
         /// smaller (the pages written per commit are the same).
-        public var dataFlushInterval: Duration = .milliseconds(100)
+        public var dataFlushInterval: Duration = .milliseconds(10)
         /// Off: LMDB's file is flushed only by ``TaskStore/flushData()`` and at close (for
         /// tests that simulate losing its unflushed pages).
         public var flushesDataInBackground = true
