@@ -4,7 +4,11 @@
 import Foundation
 import TortoiseStorage
 
-
+guard CommandLine.arguments.count >= 2, !CommandLine.arguments[1].hasPrefix("-") else {
+    // A flag must not become a data directory (a `--help` once did).
+    FileHandle.standardError.write(Data("usage: tortoise-storage-stress DIRECTORY [CALLERS]\n".utf8))
+    exit(2)
+}
 let directory = CommandLine.arguments[1]
 let callers = CommandLine.arguments.count > 2 ? Int(CommandLine.arguments[2]) ?? 8 : 8
 let store: TaskStore
