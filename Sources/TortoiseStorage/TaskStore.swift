@@ -129,7 +129,9 @@ public final class TaskStore: @unchecked Sendable {
             return
         }
         pending.append(Pending(op: op, committed: committed, completion: completion))
-        if pending.count == 1 { writerCondition.signal() }
+        // Broadcast: a checkpoint's request for a snapshot may wait on this condition too,
+        // and a signal that woke it instead of the writer would leave the change waiting.
+        if pending.count == 1 { writerCondition.broadcast() }
         writerCondition.unlock()
     }
 
@@ -146,7 +148,7 @@ public final class TaskStore: @unchecked Sendable {
     public func close() {
         writerCondition.lock()
         closing = true
-        writerCondition.signal()
+        writerCondition.broadcast()
         while !writerDone { writerCondition.wait() }
         writerCondition.unlock()
         syncCondition.lock()
@@ -168,13 +170,16 @@ public final class TaskStore: @unchecked Sendable {
             writerCondition.lock()
             while pending.isEmpty && !closing && !snapshotWanted { writerCondition.wait() }
             if snapshotWanted {
+                // Taken between batches, without holding up submitters.
                 snapshotWanted = false
-                do throws(StorageError) { snapshot = .success(try engine.takeSnapshot()) } catch { snapshot = .failure(error) }
+                writerCondition.unlock()
+                let taken: Result<Checkpoint, StorageError>
+                do throws(StorageError) { taken = .success(try engine.takeSnapshot()) } catch { taken = .failure(error) }
+                writerCondition.lock()
+                snapshot = taken
                 writerCondition.broadcast()
-                if pending.isEmpty && !closing {
-                    writerCondition.unlock()
-                    continue
-                }
+                writerCondition.unlock()
+                continue
             }
             if pending.isEmpty && closing {
                 writerDone = true
@@ -321,7 +326,7 @@ public final class TaskStore: @unchecked Sendable {
             writerCondition.wait()
         }
         snapshotWanted = true
-        writerCondition.signal()
+        writerCondition.broadcast()
         while snapshot == nil && !writerDone { writerCondition.wait() }
         defer { snapshot = nil; writerCondition.broadcast() }
         return try snapshot?.get()
