@@ -12,22 +12,11 @@ final class BrokerProcess: @unchecked Sendable {
 
     static func binary(_ name: String) -> String { buildDirectory.appendingPathComponent(name).path }
 
-    /// This test process's folder under `tortoise-e2e` in the system's temporary folder;
-    /// the folders of earlier test processes that have ended are removed first.
-    static let base: String = {
-        let root = FileManager.default.temporaryDirectory.appendingPathComponent("tortoise-e2e").path
-        try? FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
-        for name in (try? FileManager.default.contentsOfDirectory(atPath: root)) ?? [] {
-            guard let pid = Int32(name), pid != getpid() else { continue }
-            if kill(pid, 0) != 0 && errno == ESRCH { try? FileManager.default.removeItem(atPath: root + "/" + name) }
-        }
-        let mine = root + "/" + String(getpid())
-        try? FileManager.default.createDirectory(atPath: mine, withIntermediateDirectories: true)
-        return mine
-    }()
+    /// This test process's folder under `tortoise-e2e` in the system's temporary folder.
+    static let base = testProcessDirectory("tortoise-e2e")
 
     static func freshDirectory(_ name: String = #function) -> String {
-        base + "/\(name.filter { $0.isLetter || $0.isNumber })-\(UUID().uuidString.prefix(8))"
+        TortoiseTestSupport.freshDirectory(in: base, for: name)
     }
 
     let directory: String
