@@ -13,6 +13,11 @@ struct Bench: AsyncParsableCommand {
     )
 }
 
+/// Seconds from `start` to now.
+func elapsedSeconds(since start: DispatchTime) -> Double {
+    Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
+}
+
 /// Runs `body` on `n` threads at once (blocking drivers need real threads); returns
 /// their results in order, or the first error.
 func threads<R: Sendable>(_ n: Int, _ body: @escaping @Sendable (Int) throws -> R) throws -> [R] {

@@ -119,7 +119,7 @@ struct CompareBench: ParsableCommand {
                 while DispatchTime.now() < end { try p.put(Self.payload()); c += 1 }
                 return c
             }
-            out.append(Double(counts.reduce(0, +)) / elapsed(since: start))
+            out.append(Double(counts.reduce(0, +)) / elapsedSeconds(since: start))
         }
 
         // Produce with 64 in flight per producer.
@@ -130,7 +130,7 @@ struct CompareBench: ParsableCommand {
             let counts = try threads(4) { _ in
                 try makeProducer(peer, port: port, queue: q).putWindowed(window: 64, deadline: end, limit: .max, payload: Self.payload)
             }
-            out.append(Double(counts.reduce(0, +)) / elapsed(since: start))
+            out.append(Double(counts.reduce(0, +)) / elapsedSeconds(since: start))
         }
 
         // Consume a pre-filled queue.
@@ -183,7 +183,7 @@ struct CompareBench: ParsableCommand {
                 }
                 return 0
             }
-            out.append(Double(acked.withLockedValue { $0 }) / elapsed(since: start))
+            out.append(Double(acked.withLockedValue { $0 }) / elapsedSeconds(since: start))
         }
 
         // Paced at 500 tasks/s: latency from put to ack.
@@ -221,9 +221,5 @@ struct CompareBench: ParsableCommand {
             }
         }
         return out
-    }
-
-    func elapsed(since start: DispatchTime) -> Double {
-        Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
     }
 }

@@ -21,7 +21,7 @@ struct PipeliningBench: AsyncParsableCommand {
 
         var t0 = DispatchTime.now()
         for _ in 0..<puts { _ = try await client.put("pipelining-seq", payload) }
-        let sequential = Double(puts) / seconds(since: t0)
+        let sequential = Double(puts) / elapsedSeconds(since: t0)
 
         t0 = DispatchTime.now()
         let n = puts
@@ -34,12 +34,11 @@ struct PipeliningBench: AsyncParsableCommand {
             }
             try await group.waitForAll()
         }
-        let pipelined = Double(puts) / seconds(since: t0)
+        let pipelined = Double(puts) / elapsedSeconds(since: t0)
         print("one connection, \(puts) durable puts of 100 bytes:")
         print("  one round trip at a time: \(Int(sequential)) puts/s")
         print("  pipelined from \(concurrency) tasks: \(Int(pipelined)) puts/s (\(String(format: "%.1f", pipelined / sequential))×)")
         await client.close()
     }
 
-    func seconds(since t: DispatchTime) -> Double { Double(DispatchTime.now().uptimeNanoseconds - t.uptimeNanoseconds) / 1e9 }
 }

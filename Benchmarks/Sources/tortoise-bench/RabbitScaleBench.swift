@@ -33,7 +33,7 @@ struct RabbitScaleBench: ParsableCommand {
         let sent = try threads(4) { i in
             try RabbitProducer(port: port, queue: "q\(i)").putWindowed(window: 64, deadline: .distantFuture, limit: messages / 4, payload: { payload })
         }.reduce(0, +)
-        let secs = Double(DispatchTime.now().uptimeNanoseconds - t0.uptimeNanoseconds) / 1e9
+        let secs = elapsedSeconds(since: t0)
         Thread.sleep(forTimeInterval: 5)
         let m = ScaleBench.memory(pid)
         print("RabbitMQ: published and confirmed \(sent) persistent messages in \(String(format: "%.1f", secs)) s")
@@ -53,7 +53,7 @@ struct RabbitScaleBench: ParsableCommand {
             }
             return n
         }.reduce(0, +)
-        let secs = Double(DispatchTime.now().uptimeNanoseconds - t0.uptimeNanoseconds) / 1e9
+        let secs = elapsedSeconds(since: t0)
         Thread.sleep(forTimeInterval: 5)
         let drained = ScaleBench.memory(pid)
         print("RabbitMQ: drained \(consumed) messages with 8 consumers in \(String(format: "%.1f", secs)) s (\(Int(Double(consumed) / secs)) /s)")
@@ -68,7 +68,7 @@ struct RabbitScaleBench: ParsableCommand {
         }
         var got = 0
         for c in consumers { if let (h, _) = try c.next(timeout: 0.01) { try c.ack(h); got += 1 } }
-        let connSecs = Double(DispatchTime.now().uptimeNanoseconds - c0.uptimeNanoseconds) / 1e9
+        let connSecs = elapsedSeconds(since: c0)
         let many = ScaleBench.memory(pid)
         print("RabbitMQ: \(workers) consumer connections on \(queues) queues: \(got) of \(queues) messages delivered; set-up and delivery \(String(format: "%.1f", connSecs)) s; anonymous RSS \(mib(many.anon))")
     }

@@ -40,7 +40,7 @@ struct ScaleBench: AsyncParsableCommand {
             if b.isEmpty || b.first == 10 { break }
             line += b
         }
-        let secs = Double(DispatchTime.now().uptimeNanoseconds - t0.uptimeNanoseconds) / 1e9
+        let secs = elapsedSeconds(since: t0)
         guard let port = Int(String(decoding: line, as: UTF8.self).split(separator: ":").last ?? "") else {
             throw BlockingSocket.Failure(description: "tortoised did not start: \(String(decoding: line, as: UTF8.self))")
         }
@@ -96,7 +96,7 @@ struct ScaleBench: AsyncParsableCommand {
         }
         done.wait()
         let consumed = counter.withLockedValue { $0 }
-        let drainSecs = Double(DispatchTime.now().uptimeNanoseconds - t0.uptimeNanoseconds) / 1e9
+        let drainSecs = elapsedSeconds(since: t0)
         let drained = Self.memory(b.process.processIdentifier)
         print("drained \(consumed) of \(total) tasks with 8 workers in \(String(format: "%.1f", drainSecs)) s (\(Int(Double(consumed) / drainSecs)) tasks/s)")
         print("memory after the drain: anonymous RSS \(mib(drained.anon)) (total RSS \(mib(drained.total)))")
@@ -111,7 +111,7 @@ struct ScaleBench: AsyncParsableCommand {
         }
         var got = 0
         for s in sockets { if let (h, _) = try s.next(timeout: 0.01) { try s.ack(h); got += 1 } }
-        let connSecs = Double(DispatchTime.now().uptimeNanoseconds - c0.uptimeNanoseconds) / 1e9
+        let connSecs = elapsedSeconds(since: c0)
         let many = Self.memory(b.process.processIdentifier)
         print("\(workers) worker connections on \(queues) queues: \(got) of \(queues) tasks delivered; set-up and delivery \(String(format: "%.1f", connSecs)) s; anonymous RSS \(mib(many.anon))")
         stop(b)
