@@ -19,6 +19,13 @@ struct RabbitScaleBench: ParsableCommand {
 
     func mib(_ kb: Int) -> String { String(format: "%.1f MiB", Double(kb) / 1024) }
 
+    /// The node's memory, as printed; after `settle` seconds (RabbitMQ frees lazily).
+    func memory(settle: Double = 0) -> String {
+        if settle > 0 { Thread.sleep(forTimeInterval: settle) }
+        let m = ScaleBench.memory(pid)
+        return "anonymous RSS \(mib(m.anon)) (total RSS \(mib(m.total)))"
+    }
+
     func run() throws {
         switch phase {
         case "seed": try seed()
@@ -34,15 +41,12 @@ struct RabbitScaleBench: ParsableCommand {
             try RabbitProducer(port: port, queue: "q\(i)").putWindowed(window: 64, deadline: .distantFuture, limit: messages / 4, payload: { payload })
         }.reduce(0, +)
         let secs = elapsedSeconds(since: t0)
-        Thread.sleep(forTimeInterval: 5)
-        let m = ScaleBench.memory(pid)
         print("RabbitMQ: published and confirmed \(sent) persistent messages in \(String(format: "%.1f", secs)) s")
-        print("RabbitMQ: memory with them waiting: anonymous RSS \(mib(m.anon)) (total RSS \(mib(m.total)))")
+        print("RabbitMQ: memory with them waiting: \(memory(settle: 5))")
     }
 
     func drain() throws {
-        let full = ScaleBench.memory(pid)
-        print("RabbitMQ: memory after the restart with them waiting: anonymous RSS \(mib(full.anon)) (total RSS \(mib(full.total)))")
+        print("RabbitMQ: memory after the restart with them waiting: \(memory())")
         let t0 = DispatchTime.now()
         let consumed = try threads(8) { i in
             let c = try RabbitConsumer(port: port, queue: "q\(i % 4)")
@@ -54,10 +58,8 @@ struct RabbitScaleBench: ParsableCommand {
             return n
         }.reduce(0, +)
         let secs = elapsedSeconds(since: t0)
-        Thread.sleep(forTimeInterval: 5)
-        let drained = ScaleBench.memory(pid)
         print("RabbitMQ: drained \(consumed) messages with 8 consumers in \(String(format: "%.1f", secs)) s (\(Int(Double(consumed) / secs)) /s)")
-        print("RabbitMQ: memory after the drain: anonymous RSS \(mib(drained.anon)) (total RSS \(mib(drained.total)))")
+        print("RabbitMQ: memory after the drain: \(memory(settle: 5))")
 
         var consumers: [RabbitConsumer] = []
         let c0 = DispatchTime.now()
