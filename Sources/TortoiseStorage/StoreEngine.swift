@@ -105,7 +105,7 @@ final class StoreEngine: @unchecked Sendable {
             seqLimit = nextSeq
             batchNumber = try txn.get(t.meta, Self.walBatchKey).map { UInt64(bigEndianBytes: $0) } ?? 0
         }
-        try env.sync()
+        // Made durable by the checkpoint that ``replayLog()`` takes next.
         committed = batchNumber
     }
 

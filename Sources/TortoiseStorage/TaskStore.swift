@@ -96,7 +96,6 @@ public final class TaskStore: @unchecked Sendable {
         dataFlushFailed = configuration.dataFlushFailed
         replayedAtOpen = try engine.replayLog()
         recoveredAtOpen = try engine.recover()
-        engine.log.dataFlushed(through: engine.committedBatch)
         let writer = Thread { [unowned self] in Self.nameThread("tortoise-writer"); self.writerLoop() }
         writer.start()
         let syncer = Thread { [unowned self] in Self.nameThread("tortoise-sync"); self.syncLoop() }
