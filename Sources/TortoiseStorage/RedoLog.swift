@@ -187,6 +187,16 @@ final class RedoLog: @unchecked Sendable {
             }
             highestSeen = through
         }
+        // A file that grew past its size (a checkpoint fell behind, or an older default
+        // size) goes back to it: every record in it is held by the checkpoint, and a
+        // flush of a smaller file is quicker.
+        for (fd, path) in zip(fds, paths) {
+            var st = stat()
+            guard fstat(fd, &st) == 0 else { throw Self.failure("cannot stat", path) }
+            if Int(st.st_size) > fileSize {
+                guard ftruncate(fd, off_t(fileSize)) == 0, fsync(fd) == 0 else { throw Self.failure("cannot trim", path) }
+            }
+        }
         lock.lock()
         newestBatch = [through, through]
         flushedData = through

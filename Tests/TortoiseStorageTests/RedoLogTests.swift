@@ -165,6 +165,48 @@ import Testing
         }
     }
 
+    /// A log file that grew past its size while no checkpoint freed the other one (here:
+    /// none is taken) goes back to its size at the next open, and nothing is lost; so does
+    /// a log written with a larger size (an older default).
+    @Test func grownLogFilesShrinkAtOpen() async throws {
+        let dir = freshDirectory()
+        var c = TaskStore.Configuration(directory: dir)
+        c.initialMapSize = 1 << 20
+        c.logFileSize = 32 << 10
+        c.flushesDataInBackground = false
+        func sizes() throws -> [Int] {
+            try ["wal-0", "wal-1"].map { try #require(try FileManager.default.attributesOfItem(atPath: dir + "/" + $0)[.size] as? Int) }
+        }
+        var ids: [TaskID] = []
+        do {
+            let store = try TaskStore(c)
+            let payload = String(repeating: "x", count: 1000)
+            for i in 0..<100 { ids.append(try await store.put("q", "\(i) \(payload)")) }
+            #expect(try sizes().max()! > 64 << 10, "100 KB of records did not outgrow a 32 KiB file")
+            store.close()
+        }
+        do {
+            let store = try TaskStore(c)
+            #expect(try sizes() == [32 << 10, 32 << 10])
+            #expect(try store.readyIDs("q") == ids)
+            ids.append(try await store.put("q", "after the trim"))
+            store.close()
+        }
+        // Written with 1 MiB files, opened with 32 KiB ones.
+        var big = c
+        big.logFileSize = 1 << 20
+        do {
+            let store = try TaskStore(big)
+            #expect(try sizes() == [1 << 20, 1 << 20])
+            ids.append(try await store.put("q", "in a big log"))
+            store.close()
+        }
+        let store = try TaskStore(c)
+        defer { store.close() }
+        #expect(try sizes() == [32 << 10, 32 << 10])
+        #expect(try store.readyIDs("q") == ids)
+    }
+
     /// A data directory written before the redo log (format 1, no log files) opens with
     /// everything in it, and is format 2 from then on.
     @Test func aFormatOneDirectoryOpens() async throws {
