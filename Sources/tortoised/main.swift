@@ -12,13 +12,13 @@ struct Tortoised: AsyncParsableCommand {
         commandName: "tortoised",
         abstract: "The TortoiseMQ broker: durable work queues and a searchable failed-task store.",
         discussion: """
-            Listens on HOST:PORT and prints `tortoised listening on HOST:PORT` once it accepts
-            connections. SIGINT and SIGTERM stop it cleanly (held tasks go back to their
-            queues, pending commits finish) with exit status 0.
+            Listens on HOST:PORT and prints `tortoised listening on HOST:PORT` once
+            it accepts connections. SIGINT and SIGTERM stop it cleanly (held tasks go
+            back to their queues, pending commits finish) with exit status 0.
 
             Examples:
               tortoised --data ./tortoise-data
-              TORTOISE_TOKEN=s3cret tortoised --host 0.0.0.0 --port 7654 --failed-retention 30d
+              TORTOISE_TOKEN=s3cret tortoised --host 0.0.0.0 --failed-retention 30d
             """
     )
 
