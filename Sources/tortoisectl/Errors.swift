@@ -5,6 +5,7 @@ struct Errors: AsyncParsableCommand {
         abstract: "Failed tasks grouped by error fingerprint, most frequent first.",
         discussion: """
             Replay one group with: tortoisectl replay group:<GROUP>
+
             Examples:
               tortoisectl errors
               tortoisectl errors queue:emails since:1d

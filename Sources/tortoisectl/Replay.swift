@@ -29,7 +29,9 @@ struct Replay: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Put the matching failed tasks back on their queues, in one atomic step.",
         discussion: """
-            The tasks keep their ids, go to the back of their queues and count one more replay.
+            The tasks keep their ids, go to the back of their queues and count one
+            more replay.
+
             Examples:
               tortoisectl replay nightmare --dry-run
               tortoisectl replay group:3f2a9c0e1b7d4a55

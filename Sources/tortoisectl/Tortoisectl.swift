@@ -8,8 +8,9 @@ struct Tortoisectl: AsyncParsableCommand {
         commandName: "tortoisectl",
         abstract: "The TortoiseMQ operator's tool: look at, search, replay and delete failed tasks.",
         discussion: """
-            Queries are words joined with spaces (see docs/protocol.md): error words, "a phrase",
-            queue:NAME, id:ID, since:2h, before:2026-11-01T00:00:00Z, payload:TEXT, group:HEX.
+            Queries are words joined with spaces (see docs/protocol.md): error
+            words, "a phrase", queue:NAME, id:ID, since:2h,
+            before:2026-11-01T00:00:00Z, payload:TEXT, group:HEX.
 
             Examples:
               tortoisectl stats
