@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
 # Installs what building TortoiseMQ needs on a fresh Debian machine: the LMDB library
-# (Debian's liblmdb-dev) and pkg-config. Swift itself must already be on the PATH.
+# (Debian's liblmdb-dev) and pkg-config; with --tests, also what the tests use. Swift
+# itself must already be on the PATH.
 set -euo pipefail
 missing=()
 dpkg -s liblmdb-dev >/dev/null 2>&1 || missing+=(liblmdb-dev)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+if [ "${1:-}" = "--tests" ]; then
+    # The disk-failure tests put an ext4 file system on a loop device.
+    [ -x /sbin/mkfs.ext4 ] && [ -x /usr/sbin/filefrag ] || missing+=(e2fsprogs)
+    [ -x /sbin/losetup ] || missing+=(mount)
+    [ -x /usr/bin/fallocate ] || missing+=(util-linux)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -ne 0 ] && sudo="sudo"

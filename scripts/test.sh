@@ -3,6 +3,6 @@
 # tests start them), and runs the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --tests
 swift build --build-tests
 swift test --skip-build "$@"

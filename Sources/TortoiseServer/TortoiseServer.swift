@@ -24,8 +24,8 @@ public final class TortoiseServer: Sendable {
         storeConfig.maxDeliveries = config.maxDeliveries
         storeConfig.maxMapSize = config.maxStorageBytes
         storeConfig.initialMapSize = min(64 << 20, config.maxStorageBytes)
-        storeConfig.dataFlushFailed = { [logger] error in
-            logger.error("flushing the store's file failed (the redo log keeps every change; retrying): \(error.message)")
+        storeConfig.halted = { [logger] error in
+            logger.critical("the disk failed a flush; every change is refused from now on: \(error.message)")
         }
         let store = try TaskStore(storeConfig)
         if store.replayedAtOpen > 0 {

@@ -23,6 +23,10 @@ public struct StorageError: Error, CustomStringConvertible, Equatable, Sendable 
         case notFound
         /// The store was closed.
         case closed
+        /// A flush to disk failed earlier, so a change may be missing from the disk while
+        /// later ones are there: the store takes no more changes until it is opened again
+        /// (which rebuilds its state from what did reach the disk).
+        case halted
         /// The data on disk is not what this code wrote.
         case corrupt
         /// An operating-system or LMDB error not covered above.

@@ -150,11 +150,26 @@ final class StoreEngine: @unchecked Sendable {
     func persist(_ snapshot: Checkpoint) throws(StorageError) {
         checkpointLock.lock()
         defer { checkpointLock.unlock() }
-        try env.sync()
-        try checkpoints.write(snapshot)
+        // After a failed flush, pages it could not write may count as written: a later
+        // flush that succeeds would not make the file whole (TaskStore.haltedBy).
+        if let failure = checkpointFailure { throw failure }
+        do throws(StorageError) {
+            try env.sync()
+            try checkpoints.write(snapshot)
+        } catch {
+            failureLock.withLock { persistFailure = persistFailure ?? error }
+            throw error
+        }
         env.releasePins(before: snapshot.txnid)
         log.dataFlushed(through: snapshot.batch)
     }
+
+    /// The error of the first checkpoint that failed to flush, if one did; every later
+    /// checkpoint fails with it. (Its own lock: the writer asks after every batch, while a
+    /// checkpoint holds `checkpointLock` for the length of a flush.)
+    var checkpointFailure: StorageError? { failureLock.withLock { persistFailure } }
+    private var persistFailure: StorageError?
+    private let failureLock = NSLock()
 
     /// A whole checkpoint, when nothing else writes (at open and close).
     func checkpoint() throws(StorageError) {

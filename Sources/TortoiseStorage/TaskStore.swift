@@ -32,9 +32,9 @@ public final class TaskStore: @unchecked Sendable {
         /// Off: LMDB's file is flushed only by ``TaskStore/flushData()`` and at close (for
         /// tests that simulate losing its unflushed pages).
         public var flushesDataInBackground = true
-        /// Called (on the flusher thread) when a background flush of LMDB's file fails;
-        /// the redo log keeps every change meanwhile and the flush is tried again.
-        public var dataFlushFailed: (@Sendable (StorageError) -> Void)?
+        /// Called once, on one of the store's threads, when the store halts: a flush of
+        /// the redo log or of LMDB's file failed (see ``TaskStore/haltedBy``).
+        public var halted: (@Sendable (StorageError) -> Void)?
         /// How much of each redo-log file is written before the writer moves on to the
         /// other. Small on purpose: on ext4 an `fdatasync` of a 4 MiB file took about
         /// 1.35 times as long as of a 256 KiB one, the same bytes written (docs/storage.md).
@@ -68,7 +68,9 @@ public final class TaskStore: @unchecked Sendable {
     private var syncing = false
     private let dataFlushInterval: Duration
     private let flushesDataInBackground: Bool
-    private let dataFlushFailed: (@Sendable (StorageError) -> Void)?
+    private let halted: (@Sendable (StorageError) -> Void)?
+    private let haltLock = NSLock()
+    private var haltError: StorageError?
     private let flusherCondition = NSCondition()
     private var flusherStop = false
     private var flusherDone = false
@@ -93,7 +95,7 @@ public final class TaskStore: @unchecked Sendable {
                                  logFileSize: configuration.logFileSize)
         dataFlushInterval = configuration.dataFlushInterval
         flushesDataInBackground = configuration.flushesDataInBackground
-        dataFlushFailed = configuration.dataFlushFailed
+        halted = configuration.halted
         replayedAtOpen = try engine.replayLog()
         recoveredAtOpen = try engine.recover()
         let writer = Thread { [unowned self] in Self.nameThread("tortoise-writer"); self.writerLoop() }
@@ -125,6 +127,11 @@ public final class TaskStore: @unchecked Sendable {
         if closing {
             writerCondition.unlock()
             completion(.failure(StorageError(.closed, "the store is closed")))
+            return
+        }
+        if let halt = haltedBy {
+            writerCondition.unlock()
+            completion(.failure(halt))
             return
         }
         pending.append(Pending(op: op, committed: committed, completion: completion))
@@ -160,8 +167,37 @@ public final class TaskStore: @unchecked Sendable {
         flusherCondition.signal()
         while !flusherDone { flusherCondition.wait() }
         flusherCondition.unlock()
-        try? engine.checkpoint()
+        // A halted store's file may lack pages that a failed flush lost while the page
+        // cache calls them written: a checkpoint now could record a tree that is not
+        // whole on disk. The next open starts from the last good checkpoint and the log.
+        if haltedBy == nil { try? engine.checkpoint() }
         engine.shutDown()
+    }
+
+    /// Why the store halted, if it did: a flush of the redo log or of LMDB's file failed.
+    ///
+    /// On Linux a failed flush may leave the pages it could not write marked clean, and it
+    /// reports the error once: a later flush can succeed without them. A store that went
+    /// on would confirm later changes while an earlier one never reached the disk, and a
+    /// power cut would then lose confirmed changes (replay stops at the hole). So after one
+    /// failed flush the store refuses every change (each fails with ``StorageError/Code/halted``)
+    /// and takes no checkpoint; reads go on. Opening it again (after a restart of the
+    /// process) rebuilds the state from the last checkpoint and the log.
+    public var haltedBy: StorageError? { haltLock.withLock { haltError } }
+
+    /// Halts the store (the first error wins) and tells the owner, if this halted it,
+    /// unless `tell` is false (then the caller calls ``Configuration/halted`` itself once
+    /// its callers have their errors). The error changes fail with, and whether it is new.
+    @discardableResult
+    private func halt(_ error: StorageError, tell: Bool = true) -> (error: StorageError, isNew: Bool) {
+        let (first, isNew) = haltLock.withLock { () -> (StorageError, Bool) in
+            if let haltError { return (haltError, false) }
+            let e = StorageError(.halted, "\(error.message); the store takes no more changes until it is opened again")
+            haltError = e
+            return (e, true)
+        }
+        if tell && isNew { halted?(first) }
+        return (first, isNew)
     }
 
     private func writerLoop() {
@@ -190,7 +226,15 @@ public final class TaskStore: @unchecked Sendable {
             pending = []
             writerCondition.unlock()
 
+            if let halt = haltedBy {
+                for item in batch { item.completion(.failure(halt)) }
+                continue
+            }
             let results = engine.apply(batch.map(\.op))
+            if let failure = engine.checkpointFailure {
+                // A checkpoint the writer took to free pages (the map was full) failed.
+                halt(StorageError(failure.code, "checkpointing the store's file failed (\(failure.message))"))
+            }
             let file = engine.lastLogFile
             if engine.log.takeHalfFull() && flushesDataInBackground {
                 flusherCondition.lock()
@@ -232,11 +276,21 @@ public final class TaskStore: @unchecked Sendable {
     /// setting `syncing`.
     private func flushAndComplete(_ batch: [(Completion, StoreOutcome)], files: Int) {
         let result: Result<Void, StorageError>
-        do throws(StorageError) {
-            try engine.log.flush(files)
-            result = .success(())
-        } catch {
-            result = .failure(StorageError(.io, "the change was written but flushing it to disk failed: \(error.message)"))
+        var haltedNow = false
+        if let halt = haltedBy {
+            // An earlier batch's record may be missing from the disk: this one, behind it
+            // in the log, would not be found at the next open either.
+            result = .failure(halt)
+        } else {
+            do throws(StorageError) {
+                try engine.log.flush(files)
+                result = .success(())
+            } catch {
+                let halt = halt(StorageError(.io, "flushing the redo log to disk failed (\(error.message)): the change may not be on disk"),
+                                tell: false)
+                haltedNow = halt.isNew
+                result = .failure(halt.error)
+            }
         }
         syncCondition.lock()
         syncs += 1
@@ -250,6 +304,9 @@ public final class TaskStore: @unchecked Sendable {
             case .failure(let e): completion(.failure(e))
             }
         }
+        // The owner hears of the halt after the callers had their errors (a broker that
+        // stops on it still sends them their replies).
+        if haltedNow, case .failure(let e) = result { halted?(e) }
     }
 
     private func syncLoop() {
@@ -290,7 +347,7 @@ public final class TaskStore: @unchecked Sendable {
             flusherCondition.unlock()
             let committed = engine.committedBatch
             var writerStopped = false
-            if flushesDataInBackground, committed > flushed {
+            if flushesDataInBackground, committed > flushed, haltedBy == nil {
                 do throws(StorageError) {
                     if let snapshot = try snapshotFromWriter() {
                         try engine.persist(snapshot)
@@ -299,7 +356,7 @@ public final class TaskStore: @unchecked Sendable {
                         writerStopped = true  // close() checkpoints last
                     }
                 } catch {
-                    dataFlushFailed?(error)
+                    halt(StorageError(error.code, "checkpointing the store's file failed (\(error.message))"))
                 }
             }
             flusherCondition.lock()
@@ -312,8 +369,13 @@ public final class TaskStore: @unchecked Sendable {
 
     /// Flushes LMDB's file now (for tests that turn ``Configuration/flushesDataInBackground`` off).
     public func flushData() throws(StorageError) {
+        if let halt = haltedBy { throw halt }
         guard let snapshot = try snapshotFromWriter() else { throw StorageError(.closed, "the store is closed") }
-        try engine.persist(snapshot)
+        do throws(StorageError) {
+            try engine.persist(snapshot)
+        } catch {
+            throw halt(StorageError(error.code, "checkpointing the store's file failed (\(error.message))")).error
+        }
     }
 
     /// Has the writer pin the latest snapshot between two batches; nil once it has stopped.
