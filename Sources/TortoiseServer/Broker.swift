@@ -111,7 +111,9 @@ final class Broker: @unchecked Sendable {
     /// is read straight from the store and sent at once; marking it in flight follows
     /// through the writer (a crash before that commits finds it still ready, as it should).
     func dispatch(_ queue: String) {
-        guard !shuttingDown else { return }
+        // A halted store cannot mark a task in flight: handing it out would only have it
+        // done twice.
+        guard !shuttingDown, store.haltedBy == nil else { return }
         while let worker = dispatcher.claim(queue) {
             let task: DeliveredTask?
             do throws(StorageError) {

@@ -26,6 +26,10 @@ public struct ServerConfiguration: Sendable {
     public var authTimeoutSeconds = 10
     /// Replies a connection may have outstanding before the broker stops reading from it.
     public var maxPendingReplies = 256
+    /// Called once, on a storage thread, when the store halts after a failed flush to
+    /// disk (it then refuses every change; reads go on). `tortoised` stops then, so that
+    /// a restart rebuilds the state from what reached the disk.
+    public var storeHalted: (@Sendable (String) -> Void)?
 
     /// The defaults of the command-line contract.
     public init() {}

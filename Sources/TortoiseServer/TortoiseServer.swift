@@ -24,8 +24,9 @@ public final class TortoiseServer: Sendable {
         storeConfig.maxDeliveries = config.maxDeliveries
         storeConfig.maxMapSize = config.maxStorageBytes
         storeConfig.initialMapSize = min(64 << 20, config.maxStorageBytes)
-        storeConfig.halted = { [logger] error in
+        storeConfig.halted = { [logger, storeHalted = config.storeHalted] error in
             logger.critical("the disk failed a flush; every change is refused from now on: \(error.message)")
+            storeHalted?(error.message)
         }
         let store = try TaskStore(storeConfig)
         if store.replayedAtOpen > 0 {

@@ -14,7 +14,9 @@ struct Tortoised: AsyncParsableCommand {
         discussion: """
             Listens on HOST:PORT and prints `tortoised listening on HOST:PORT` once
             it accepts connections. SIGINT and SIGTERM stop it cleanly (held tasks go
-            back to their queues, pending commits finish) with exit status 0.
+            back to their queues, pending commits finish) with exit status 0. If the
+            disk fails a flush, it refuses every change and stops with exit status 74;
+            started again, it recovers every confirmed change.
 
             Examples:
               tortoised --data ./tortoise-data
@@ -93,13 +95,14 @@ struct Tortoised: AsyncParsableCommand {
         signal(SIGINT, SIG_IGN)
         signal(SIGTERM, SIG_IGN)
         signal(SIGPIPE, SIG_IGN)
-        let stop = AsyncStream<Int32>.makeStream()
+        let stop = AsyncStream<StopReason>.makeStream()
         let sources = [SIGINT, SIGTERM].map { sig in
             let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-            s.setEventHandler { stop.continuation.yield(sig) }
+            s.setEventHandler { stop.continuation.yield(.signal(sig)) }
             s.resume()
             return s
         }
+        config.storeHalted = { message in stop.continuation.yield(.storeHalted(message)) }
 
         let server: TortoiseServer
         do {
@@ -118,13 +121,30 @@ struct Tortoised: AsyncParsableCommand {
         // The signal sources must live until a signal came: an optimised build would
         // otherwise free them after their last use, and the signals would be ignored.
         defer { withExtendedLifetime(sources) {} }
-        for await sig in stop.stream {
-            logger.info("got \(sig == SIGINT ? "SIGINT" : "SIGTERM"); shutting down")
+        var halted = false
+        for await reason in stop.stream {
+            switch reason {
+            case .signal(let sig):
+                logger.info("got \(sig == SIGINT ? "SIGINT" : "SIGTERM"); shutting down")
+            case .storeHalted:
+                halted = true
+                logger.critical("stopping with exit status \(Self.haltedExitStatus): start tortoised again once the disk is sound; it recovers every confirmed change from the data directory")
+            }
             break
         }
         await server.shutdown()
+        if halted { throw ExitCode(Self.haltedExitStatus) }
         logger.info("stopped cleanly")
     }
+
+    /// The exit status after the disk failed a flush (sysexits' EX_IOERR).
+    static let haltedExitStatus: Int32 = 74
+}
+
+/// Why `tortoised` stops.
+enum StopReason: Sendable {
+    case signal(Int32)
+    case storeHalted(String)
 }
 
 /// Raises the soft limit of open files towards `wanted` (up to the hard limit), so that
