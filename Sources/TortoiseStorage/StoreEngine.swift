@@ -48,7 +48,13 @@ final class StoreEngine: @unchecked Sendable {
     static let walBatchKey = Array("wal_batch".utf8)
 
     init(directory: String, options: LMDBEnvironment.Options, maxDeliveries: Int, logFileSize: Int) throws(StorageError) {
-        if mkdir(directory, 0o750) != 0 && errno != EEXIST {
+        if mkdir(directory, 0o750) == 0 {
+            // The new directory's own entry must be on disk before anything in it counts
+            // as durable (the files' entries are flushed once the redo log exists).
+            let parent = directory.contains("/") ? String(directory[..<directory.lastIndex(of: "/")!]) : "."
+            let pfd = open(parent.isEmpty ? "/" : parent, O_RDONLY | O_CLOEXEC)
+            if pfd >= 0 { _ = fsync(pfd); _ = close(pfd) }
+        } else if errno != EEXIST {
             throw StorageError(.io, "cannot create the data directory \(directory): \(String(cString: strerror(errno)))")
         }
         let fd = open(directory + "/LOCK", O_RDWR | O_CREAT | O_CLOEXEC, 0o640)
