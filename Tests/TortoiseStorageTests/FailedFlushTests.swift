@@ -43,7 +43,8 @@ import TortoiseTestSupport
         let big = String(repeating: "b", count: 10_000)
         await #expect { _ = try await store.put("q", big) } throws: { ($0 as? StorageError)?.code == .halted }
         #expect(store.haltedBy?.message.contains("flushing the redo log") == true, "\(String(describing: store.haltedBy))")
-        #expect(halts.count == 1)
+        // The owner hears of it once the failed callers have their errors.
+        #expect(halts.waitForFirst(seconds: 5))
 
         // The disk has room again. This record shares the last page of the failed one and
         // would now reach the disk, but the record before it would not: a store that
@@ -109,4 +110,10 @@ private final class Halts: @unchecked Sendable {
     private var errors: [StorageError] = []
     func record(_ e: StorageError) { lock.withLock { errors.append(e) } }
     var count: Int { lock.withLock { errors.count } }
+    /// Whether one came within `seconds`.
+    func waitForFirst(seconds: Double) -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while count == 0 && Date() < deadline { usleep(1000) }
+        return count > 0
+    }
 }
