@@ -10,32 +10,36 @@ import TortoiseTestSupport
 /// log would confirm later changes while an earlier record never reached the disk, and
 /// after a power cut the replay would stop at that hole, losing the confirmed ones.
 @Suite(.serialized) struct FailedFlushTests {
-    /// A disk, or a recorded issue saying why there is none (mounting needs root).
-    private func faultyDisk(_ name: String = #function) -> FaultyDisk? {
+    /// A store in `data` on a new ``FaultyDisk``, the disk, and what the store reports
+    /// when it halts; nil, with a recorded issue saying why, where there is no such disk
+    /// (it needs root and loop devices).
+    private func storeOnFaultyDisk(_ name: String = #function) throws -> (store: TaskStore, disk: FaultyDisk, dir: String, halts: Halts)? {
+        let disk: FaultyDisk
         do {
-            return try FaultyDisk(in: freshDirectory(name))
+            disk = try FaultyDisk(in: freshDirectory(name))
         } catch {
             Issue.record("no loop-device disk here (not root?), the test did not run: \(error)")
             return nil
         }
-    }
-
-    private func configuration(_ dir: String, halts: Halts) -> TaskStore.Configuration {
+        let dir = disk.mountPoint + "/data"
+        let halts = Halts()
         var c = TaskStore.Configuration(directory: dir)
         c.initialMapSize = 1 << 20
         // The power cut comes before the next checkpoint of LMDB's file (in production
         // one runs every 10 ms): only the log holds the latest changes.
         c.flushesDataInBackground = false
         c.halted = { e in halts.record(e) }
-        return c
+        do {
+            return (try TaskStore(c), disk, dir, halts)
+        } catch {
+            disk.tearDown()
+            throw error
+        }
     }
 
     @Test func aFailedLogFlushHaltsTheStoreAndAPowerCutLosesNothingConfirmed() async throws {
-        guard let disk = faultyDisk() else { return }
+        guard let (store, disk, dir, halts) = try storeOnFaultyDisk() else { return }
         defer { disk.tearDown() }
-        let dir = disk.mountPoint + "/data"
-        let halts = Halts()
-        let store = try TaskStore(configuration(dir, halts: halts))
         // A first record that fills the log's first page exactly; from the second page
         // on, writes fail. The next record spans three pages, and all three fail.
         var confirmed = [try await store.put("q", String(repeating: "a", count: 4096 - logOverhead(queue: "q")))]
@@ -72,11 +76,8 @@ import TortoiseTestSupport
     }
 
     @Test func aFailedCheckpointHaltsTheStoreAndReopeningRecovers() async throws {
-        guard let disk = faultyDisk() else { return }
+        guard let (store, disk, dir, halts) = try storeOnFaultyDisk() else { return }
         defer { disk.tearDown() }
-        let dir = disk.mountPoint + "/data"
-        let halts = Halts()
-        let store = try TaskStore(configuration(dir, halts: halts))
         let first = try await store.put("q", "one")
         // LMDB writes one of its two meta pages, at the front of its file, at every commit.
         try disk.failWrites(to: dir + "/data.mdb", from: 0)
