@@ -134,7 +134,7 @@ final class Broker: @unchecked Sendable {
             worker.deliver(task)
             submit(.claim(task.id)) { [self] result in
                 claiming.remove(task.id)
-                if case .failure(let e) = result {
+                if case .failure(let e) = result, e.code != .halted {
                     logger.error("marking task \(task.id) in flight failed: \(e.message)")
                 }
             }
@@ -164,6 +164,9 @@ final class Broker: @unchecked Sendable {
             switch result {
             case .success(.returned(let to)): taskReturned(to)
             case .success: break
+            // A halted store refuses every change and says so once: a line per held task
+            // as the broker stops would only bury that one.
+            case .failure(let e) where e.code == .halted: break
             case .failure(let e): logger.error("returning task \(id) failed: \(e.message)")
             }
         }

@@ -20,12 +20,16 @@ import TortoiseTestSupport
         let data = disk.mountPoint + "/data"
         let broker = try BrokerProcess(directory: data)
         let p = try broker.client()
+        // A worker holds the first task through the failure.
+        let holder = try broker.client()
+        #expect(try holder.call("SUB q") == .ok([]))
         // The first group commit fills the log's first page exactly; from the second page
         // on, the disk fails writes.
         let overhead = LoggedBatch(number: 1, now: 0, nextID: 1, nextSeq: 1, maxDeliveries: 10,
                                    ops: [.put(queue: "q", payload: [])]).encoded().count
         let first = String(repeating: "a", count: 4096 - overhead)
         let confirmed = try p.put("q", first)
+        #expect(try holder.message().id == confirmed)
         try disk.failWrites(to: data + "/wal-0", from: 4096)
 
         let big = String(repeating: "b", count: 10_000)
@@ -42,6 +46,9 @@ import TortoiseTestSupport
         #expect(broker.process.exitedNormally && broker.process.terminationStatus == 74)
         #expect(broker.stderr.contains("the disk failed a flush"), "\(broker.stderr)")
         #expect(broker.stderr.contains("exit status 74"), "\(broker.stderr)")
+        // Said once, not again for the held task that could not go back as it stopped.
+        #expect(broker.stderr.components(separatedBy: "the disk failed a flush").count == 2, "\(broker.stderr)")
+        #expect(!broker.stderr.contains("returning task"), "\(broker.stderr)")
         #expect(try p.waitForClose())
 
         // With room on the disk again, a restart has the confirmed task and takes work.
@@ -49,8 +56,9 @@ import TortoiseTestSupport
         try broker.restart()
         let w = try broker.client()
         #expect(try w.call("SUB q") == .ok([]))
+        // The task held at the failure is back in its queue.
         let m = try w.message()
-        #expect(m.id == confirmed && m.payload == first)
+        #expect(m.id == confirmed && m.payload == first && m.delivery == 2)
         #expect(try w.call("ACK \(m.id)") == .ok([]))
         let p2 = try broker.client()
         _ = try p2.put("q", "after the restart")
