@@ -1,5 +1,8 @@
 import ArgumentParser
 import Foundation
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
 import TortoiseStorage
 
 /// Durable put-then-ack throughput of the task store with 1, 8 and 64 concurrent
@@ -19,6 +22,11 @@ struct StorageBench: AsyncParsableCommand {
     @Option(parsing: .upToNextOption, help: "Concurrent callers to measure.")
     var callers: [Int] = [1, 8, 64]
 
+    @Option(help: "How the callers wait: 'tasks' (one Swift task each, awaiting each operation) or 'loop' (state machines on one event loop, as the broker drives the store: completions hop back to it, many per wake-up).")
+    var driver: Driver = .tasks
+
+    enum Driver: String, ExpressibleByArgument { case tasks, loop }
+
     func run() async throws {
         let base = directory + "/tortoise-bench-\(getpid())"
         try FileManager.default.createDirectory(atPath: base, withIntermediateDirectories: true)
@@ -27,13 +35,17 @@ struct StorageBench: AsyncParsableCommand {
         let raw = rawFsyncRate(path: base + "/raw", seconds: seconds)
         print("raw write+fdatasync of 100 bytes: \(Int(raw)) /s")
         print("")
+        print("callers driven by: \(driver == .tasks ? "one Swift task each" : "one event loop, as the broker does")")
         print("callers  durable ops/s  put+ack pairs/s  flushes/s  ops per flush  vs raw fsync  vs 1 caller")
         var oneCaller: Double?
         for n in callers {
             let dir = base + "/store-\(n)"
             let store = try TaskStore(TaskStore.Configuration(directory: dir))
             let syncsBefore = store.syncCount
-            let (pairs, elapsed) = try await measure(store: store, callers: n)
+            let (pairs, elapsed) = switch driver {
+            case .tasks: try await measure(store: store, callers: n)
+            case .loop: try await LoopCallers.measure(store: store, callers: n, seconds: seconds)
+            }
             let flushes = Double(store.syncCount - syncsBefore) / elapsed
             store.close()
             let ops = Double(pairs * 2) / elapsed
@@ -91,5 +103,81 @@ struct StorageBench: AsyncParsableCommand {
             return try await group.reduce(0, +)
         }
         return (pairs, Date().timeIntervalSince(start))
+    }
+}
+
+/// Callers driven as the broker drives the store: each a state machine on one event loop;
+/// the store's completions hop back to the loop in batches (one wake-up for every
+/// completion that came meanwhile), as `Broker.completed` does.
+final class LoopCallers: @unchecked Sendable {
+    private let loop: EventLoop
+    private let store: TaskStore
+    private let callers: Int
+    private let deadline: Date
+    private let payload = [UInt8](repeating: 42, count: 100)
+    private let finished: EventLoopPromise<Int>
+    // On the loop.
+    private var pairs = 0
+    private var stopped = 0
+    private let hops = NIOLockedValueBox<(work: [@Sendable () -> Void], scheduled: Bool)>(([], false))
+
+    private init(loop: EventLoop, store: TaskStore, callers: Int, seconds: Double) {
+        self.loop = loop
+        self.store = store
+        self.callers = callers
+        deadline = Date().addingTimeInterval(seconds)
+        finished = loop.makePromise()
+    }
+
+    static func measure(store: TaskStore, callers: Int, seconds: Double) async throws -> (Int, Double) {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let driver = LoopCallers(loop: group.next(), store: store, callers: callers, seconds: seconds)
+        let start = Date()
+        driver.loop.execute { for c in 0..<callers { driver.put("bench-\(c)") } }
+        let pairs = try await driver.finished.futureResult.get()
+        let elapsed = Date().timeIntervalSince(start)
+        try await group.shutdownGracefully()
+        return (pairs, elapsed)
+    }
+
+    private func hop(_ work: @escaping @Sendable () -> Void) {
+        let schedule = hops.withLockedValue { state -> Bool in
+            state.work.append(work)
+            if state.scheduled { return false }
+            state.scheduled = true
+            return true
+        }
+        if schedule {
+            loop.execute { [self] in
+                let batch = hops.withLockedValue { state -> [@Sendable () -> Void] in
+                    defer { state.work = []; state.scheduled = false }
+                    return state.work
+                }
+                for work in batch { work() }
+            }
+        }
+    }
+
+    private func put(_ queue: String) {
+        store.submit(.put(queue: queue, payload: payload)) { [self] result in
+            hop { [self] in
+                guard case .success = result, let t = try? store.peekReady(queue, skipping: []) else { return next(queue) }
+                // Taken as the broker takes a task for delivery: the claim queued without
+                // waiting (it is not durable), then the durable ack.
+                store.submit(.claim(t.id)) { _ in }
+                store.submit(.ack(t.id)) { [self] result in
+                    hop { [self] in
+                        if case .success = result { pairs += 1 }
+                        next(queue)
+                    }
+                }
+            }
+        }
+    }
+
+    private func next(_ queue: String) {
+        if Date() < deadline { return put(queue) }
+        stopped += 1
+        if stopped == callers { finished.succeed(pairs) }
     }
 }
