@@ -27,6 +27,9 @@ struct StorageBench: AsyncParsableCommand {
 
     enum Driver: String, ExpressibleByArgument { case tasks, loop }
 
+    @Option(help: "Before measuring, put this many tasks and ack them all (a backlog that came and went: a bigger file and free list).")
+    var drainedBacklog = 0
+
     func run() async throws {
         let base = directory + "/tortoise-bench-\(getpid())"
         try FileManager.default.createDirectory(atPath: base, withIntermediateDirectories: true)
@@ -41,6 +44,7 @@ struct StorageBench: AsyncParsableCommand {
         for n in callers {
             let dir = base + "/store-\(n)"
             let store = try TaskStore(TaskStore.Configuration(directory: dir))
+            if drainedBacklog > 0 { try await drain(store: store, backlog: drainedBacklog) }
             let syncsBefore = store.syncCount
             let (pairs, elapsed) = switch driver {
             case .tasks: try await measure(store: store, callers: n)
@@ -60,6 +64,29 @@ struct StorageBench: AsyncParsableCommand {
                 pad(String(format: "%.1f×", ops / oneCaller!), 12),
             ]
             print(line.joined(separator: " "))
+        }
+    }
+
+    /// Puts `backlog` tasks (64 callers) and then acks them all.
+    func drain(store: TaskStore, backlog: Int) async throws {
+        let payload = [UInt8](repeating: 42, count: 100)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for c in 0..<64 {
+                group.addTask {
+                    for _ in stride(from: c, to: backlog, by: 64) { _ = try await store.perform(.put(queue: "backlog", payload: payload)) }
+                }
+            }
+            try await group.waitForAll()
+        }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for _ in 0..<64 {
+                group.addTask {
+                    while case .taken(let t?) = try await store.perform(.take(queue: "backlog")) {
+                        _ = try await store.perform(.ack(t.id))
+                    }
+                }
+            }
+            try await group.waitForAll()
         }
     }
 
