@@ -29,6 +29,10 @@ public final class TortoiseServer: Sendable {
             storeHalted?(error.message)
         }
         let store = try TaskStore(storeConfig)
+        if let c = store.compactedAtOpen {
+            let mib = { (bytes: Int) in String(format: "%.1f MiB", Double(bytes) / 1_048_576) }
+            logger.info("compacted the store's file from \(mib(c.before)) to \(mib(c.after)) (most of it was free)")
+        }
         if store.replayedAtOpen > 0 {
             logger.info("applied \(store.replayedAtOpen) group commits from the redo log that the store's file did not have yet")
         }

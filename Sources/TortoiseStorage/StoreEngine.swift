@@ -47,7 +47,19 @@ final class StoreEngine: @unchecked Sendable {
     /// The `meta` key of the number of the last batch committed (the redo log's mark).
     static let walBatchKey = Array("wal_batch".utf8)
 
-    init(directory: String, options: LMDBEnvironment.Options, maxDeliveries: Int, logFileSize: Int) throws(StorageError) {
+    /// When LMDB's file is compacted at open (see ``compactIfMostlyFree(directory:options:policy:)``).
+    struct Compaction: Sendable {
+        /// Smaller files are left as they are.
+        var minFileBytes: Int
+        /// Files with more live data than this are left as they are (the copy delays the open).
+        var maxLiveBytes: Int
+    }
+
+    /// The file's size before and after, if it was compacted at open.
+    private(set) var compactedAtOpen: (before: Int, after: Int)?
+
+    init(directory: String, options: LMDBEnvironment.Options, maxDeliveries: Int, logFileSize: Int,
+         compaction: Compaction? = nil) throws(StorageError) {
         if mkdir(directory, 0o750) == 0 {
             // The new directory's own entry must be on disk before anything in it counts
             // as durable (the files' entries are flushed once the redo log exists).
@@ -66,18 +78,34 @@ final class StoreEngine: @unchecked Sendable {
         lockFD = fd
         var opts = options
         opts.maxDatabases = StoreTables.tableCount + 2
-        do {
+        do throws(StorageError) {
             // The last checkpointed snapshot is whole on disk; a newer meta page may not
             // be (a power cut during a background flush): start from the checkpoint, and
             // the redo log brings back the rest.
             let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
+            unlink(directory + "/" + Self.compactName)  // a copy that a crash cut short
             if let c = CheckpointFile.latest(in: directory, pageSize: pageSize) {
                 try LMDBEnvironment.restoreMeta(directory: directory, page: c.metaPage)
+                if let compaction {
+                    compactedAtOpen = Self.compactIfMostlyFree(directory: directory, options: opts, policy: compaction)
+                }
             }
+            let hasCheckpoint = CheckpointFile.latest(in: directory, pageSize: pageSize) != nil
             env = try LMDBEnvironment(directory: directory, options: opts)
             checkpoints = try CheckpointFile(directory: directory, pageSize: env.pageSize)
             // Its pages must stay as they are until the next checkpoint is on disk.
-            _ = try env.pinLatestSnapshot()
+            let pinned = try env.pinLatestSnapshot()
+            if !hasCheckpoint && pinned > 0 {
+                // A whole snapshot without a checkpoint (a compacted file, or a compaction
+                // a crash cut short, or an older format): record it before anything is
+                // written, so that a power cut during the first commits finds it. (Its
+                // batch number is not read at open: the `wal_batch` key inside it is.)
+                try env.sync()
+                guard let page = try env.metaPage(for: pinned) else {
+                    throw StorageError(.corrupt, "the meta page of transaction \(pinned) is not in the store's file")
+                }
+                try checkpoints.write(Checkpoint(txnid: pinned, batch: 0, metaPage: page))
+            }
             t = try StoreTables(env: env)
         } catch {
             close(fd)
@@ -113,6 +141,51 @@ final class StoreEngine: @unchecked Sendable {
         }
         // Made durable by the checkpoint that ``replayLog()`` takes next.
         committed = batchNumber
+    }
+
+    static let compactName = "data.mdb.compact"
+
+    /// Compacts LMDB's file when at most half of it is live (a backlog came and went):
+    /// LMDB reuses free pages before it grows the file, and pages scattered over a big file
+    /// make every checkpoint many small writes instead of a few large ones (30–50% fewer
+    /// operations a second in `tortoise-bench storage --drained-backlog`). Runs at open,
+    /// after the checkpoint's meta page is back in the file and before the store's
+    /// environment opens. Every step leaves a directory that opens whole after a crash:
+    /// the copy is flushed before anything changes; the `checkpoint` file goes first (the
+    /// old file, whose meta pages both hold the checkpoint now, opens as it is); then the
+    /// copy takes the old file's place; the open then checkpoints the copy before writing.
+    /// Returns the file's sizes before and after, or nil when it was left as it is
+    /// (including when a step failed: the open goes on with what is there).
+    static func compactIfMostlyFree(directory: String, options: LMDBEnvironment.Options,
+                                    policy: Compaction) -> (before: Int, after: Int)? {
+        let path = directory + "/data.mdb"
+        let copy = directory + "/" + compactName
+        var st = stat()
+        guard stat(path, &st) == 0, Int(st.st_size) >= policy.minFileBytes else { return nil }
+        let before = Int(st.st_size)
+        do throws(StorageError) {
+            let probe = try LMDBEnvironment(directory: directory, options: options)
+            defer { probe.close() }
+            let live = probe.usedBytes - (try probe.freeBytes())
+            guard live * 2 <= before, live <= policy.maxLiveBytes else { return nil }
+            try probe.writeCompactCopy(to: copy)
+        } catch {
+            unlink(copy)
+            return nil
+        }
+        guard unlink(directory + "/" + CheckpointFile.name) == 0 || errno == ENOENT, fsyncDirectory(directory) else {
+            unlink(copy)
+            return nil
+        }
+        guard rename(copy, path) == 0, fsyncDirectory(directory), stat(path, &st) == 0 else { return nil }
+        return (before, Int(st.st_size))
+    }
+
+    private static func fsyncDirectory(_ directory: String) -> Bool {
+        let fd = open(directory, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return false }
+        defer { _ = close(fd) }
+        return fsync(fd) == 0
     }
 
     /// The number of the last batch committed, for the background flush of LMDB's file.

@@ -39,6 +39,13 @@ public final class TaskStore: @unchecked Sendable {
         /// other. Small on purpose: on ext4 an `fdatasync` of a 4 MiB file took about
         /// 1.35 times as long as of a 256 KiB one, the same bytes written (docs/storage.md).
         public var logFileSize: Int = 256 << 10
+        /// At open, LMDB's file is compacted (rewritten without its free pages) when it is
+        /// at least this big and at most half of it is live: after a backlog drained, new
+        /// pages then go to the end of a small file again (docs/storage.md, "Compaction").
+        /// Nil: never.
+        public var compactFilesFrom: Int? = 16 << 20
+        /// ...unless more than this much of it is live (the copy delays the open).
+        public var compactLiveAtMost: Int = 256 << 20
 
         /// A configuration for `directory` with the defaults.
         public init(directory: String) { self.directory = directory }
@@ -79,6 +86,8 @@ public final class TaskStore: @unchecked Sendable {
     public let replayedAtOpen: Int
     private var syncerStop = false
     private var syncerDone = false
+    /// The size of LMDB's file before and after, when it was compacted at open.
+    public let compactedAtOpen: (before: Int, after: Int)?
     /// How many tasks were returned from in flight at open.
     public let recoveredAtOpen: Int
     /// How many flushes the store has done (for tests and figures).
@@ -92,7 +101,11 @@ public final class TaskStore: @unchecked Sendable {
         options.initialMapSize = configuration.initialMapSize
         options.maxMapSize = configuration.maxMapSize
         engine = try StoreEngine(directory: configuration.directory, options: options, maxDeliveries: configuration.maxDeliveries,
-                                 logFileSize: configuration.logFileSize)
+                                 logFileSize: configuration.logFileSize,
+                                 compaction: configuration.compactFilesFrom.map {
+                                     StoreEngine.Compaction(minFileBytes: $0, maxLiveBytes: configuration.compactLiveAtMost)
+                                 })
+        compactedAtOpen = engine.compactedAtOpen
         dataFlushInterval = configuration.dataFlushInterval
         flushesDataInBackground = configuration.flushesDataInBackground
         halted = configuration.halted

@@ -175,6 +175,16 @@ public final class LMDBEnvironment: @unchecked Sendable {
         guard fdatasync(fd) == 0 else { throw StorageError(.io, "cannot flush \(path): \(String(cString: strerror(errno)))") }
     }
 
+    /// Writes the latest snapshot without its free pages (`MDB_CP_COMPACT`: live pages
+    /// renumbered from the front, transaction id 1) to a new file at `path`, and flushes it.
+    func writeCompactCopy(to path: String) throws(StorageError) {
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o640)
+        if fd < 0 { throw StorageError(.io, "cannot create \(path): \(String(cString: strerror(errno)))") }
+        defer { _ = Glibc.close(fd) }
+        try check(mdb_env_copyfd2(handle, fd, UInt32(MDB_CP_COMPACT)), "writing a compacted copy of the store")
+        guard fdatasync(fd) == 0 else { throw StorageError(.io, "cannot flush \(path): \(String(cString: strerror(errno)))") }
+    }
+
     /// Flushes everything committed so far to disk (`fdatasync`).
     public func sync() throws(StorageError) {
         if isClosed { throw StorageError(.closed, "the store is closed") }

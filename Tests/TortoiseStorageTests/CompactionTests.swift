@@ -1,0 +1,181 @@
+import Foundation
+import Testing
+import TortoiseTestSupport
+@testable import TortoiseStorage
+
+/// LMDB's file compacted at open once a backlog came and went.
+@Suite struct CompactionTests {
+    private func configuration(_ dir: String) -> TaskStore.Configuration {
+        var c = TaskStore.Configuration(directory: dir)
+        c.initialMapSize = 1 << 20
+        c.compactFilesFrom = 1 << 20
+        return c
+    }
+
+    private func fileSize(_ dir: String) -> Int {
+        (try? FileManager.default.attributesOfItem(atPath: dir + "/data.mdb")[.size] as? Int) ?? 0
+    }
+
+    /// A store with a drained backlog, a few tasks kept in a queue and a few failures.
+    private func drainedStore(_ dir: String) async throws -> (kept: [TaskID], failed: [TaskID]) {
+        let store = try TaskStore(configuration(dir))
+        let payload = String(repeating: "p", count: 2000)
+        var kept: [TaskID] = []
+        for i in 0..<6 { kept.append(try await store.put("keep", "kept \(i)")) }
+        // 16 callers at once, so that group commit makes this quick.
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for _ in 0..<16 {
+                group.addTask { for _ in 0..<100 { _ = try await store.put("backlog", payload) } }
+            }
+            try await group.waitForAll()
+        }
+        let failed = try await withThrowingTaskGroup(of: [TaskID].self) { group in
+            for caller in 0..<16 {
+                group.addTask {
+                    var failed: [TaskID] = []
+                    while let t = try await store.take("backlog") {
+                        if caller == 0 && failed.count < 3 {
+                            _ = try await store.perform(.nack(t.id, error: "boom \(t.id)"))
+                            failed.append(t.id)
+                        } else {
+                            _ = try await store.perform(.ack(t.id))
+                        }
+                    }
+                    return failed
+                }
+            }
+            return try await group.reduce([], +)
+        }
+        #expect(store.compactedAtOpen == nil)
+        store.close()
+        return (kept, failed.sorted())
+    }
+
+    @Test func aFileThatIsMostlyFreeIsCompactedAtOpenAndKeepsEverything() async throws {
+        let dir = freshDirectory()
+        let (kept, failed) = try await drainedStore(dir)
+        let before = fileSize(dir)
+        #expect(before > 4 << 20)
+
+        let store = try TaskStore(configuration(dir))
+        #expect(store.compactedAtOpen?.before == before)
+        let after = store.compactedAtOpen?.after ?? before
+        #expect(after * 4 < before, "\(before) -> \(after) bytes")
+        #expect(try store.readyIDs("keep") == kept)
+        #expect(try store.readyIDs("backlog").isEmpty)
+        var boom = FailedQuery()
+        boom.words = ["boom"]
+        #expect(try store.failed(boom, limit: 10).tasks.map(\.id).sorted() == failed)
+        // Ids go on past every id handed out before.
+        let next = try await store.put("keep", "after")
+        #expect(next > (kept + failed).max()!)
+        #expect(try await store.takeText("keep") == "kept 0")
+        #expect(failed.count == 3)
+        store.close()
+
+        // The compacted file checkpoints, closes and opens like any other (and is left
+        // as it is now); the task taken goes back to the front.
+        let again = try TaskStore(configuration(dir))
+        #expect(again.compactedAtOpen == nil)
+        #expect(try again.readyIDs("keep") == kept + [next])
+        again.close()
+    }
+
+    @Test func aFileWithLittleFreeSpaceOrBelowTheSizeIsLeftAsItIs() async throws {
+        let dir = freshDirectory()
+        _ = try await drainedStore(dir)
+        let before = fileSize(dir)
+        var c = configuration(dir)
+        c.compactFilesFrom = before + 1
+        let store = try TaskStore(c)
+        #expect(store.compactedAtOpen == nil)
+        #expect(fileSize(dir) == before)
+        store.close()
+        c.compactFilesFrom = 1 << 20
+        c.compactLiveAtMost = 4096
+        let limited = try TaskStore(c)
+        #expect(limited.compactedAtOpen == nil)
+        limited.close()
+    }
+
+    /// Batches the log holds beyond the checkpoint are applied to the compacted file.
+    @Test func theLogIsReplayedOntoTheCompactedFile() async throws {
+        let dir = freshDirectory()
+        let (kept, _) = try await drainedStore(dir)
+        var c = configuration(dir)
+        c.compactFilesFrom = nil
+        c.flushesDataInBackground = false
+        let store = try TaskStore(c)
+        try store.flushData()
+        // What a crash would leave: LMDB's file as of that checkpoint, the log as of later.
+        let crashed = freshDirectory()
+        try FileManager.default.createDirectory(atPath: crashed, withIntermediateDirectories: true)
+        for f in ["data.mdb", "checkpoint"] { try FileManager.default.copyItem(atPath: dir + "/" + f, toPath: crashed + "/" + f) }
+        var later: [TaskID] = []
+        for i in 0..<5 { later.append(try await store.put("keep", "later \(i)")) }
+        for f in ["wal-0", "wal-1"] { try FileManager.default.copyItem(atPath: dir + "/" + f, toPath: crashed + "/" + f) }
+        store.close()
+
+        let reopened = try TaskStore(configuration(crashed))
+        #expect(reopened.compactedAtOpen != nil)
+        #expect(reopened.replayedAtOpen == 5)
+        #expect(try reopened.readyIDs("keep") == kept + later)
+        #expect(try await reopened.put("keep", "next") > later.last!)
+        reopened.close()
+    }
+
+    /// On a real disk: a power cut right after the compacting open loses nothing.
+    @Test func aPowerCutAfterTheCompactingOpenLosesNothing() async throws {
+        let disk: FaultyDisk
+        do {
+            disk = try FaultyDisk(in: freshDirectory())
+        } catch {
+            Issue.record("no loop-device disk here (not root?), the test did not run: \(error)")
+            return
+        }
+        defer { disk.tearDown() }
+        let dir = disk.mountPoint + "/data"
+        let (kept, failed) = try await drainedStore(dir)
+        let store = try TaskStore(configuration(dir))
+        #expect(store.compactedAtOpen != nil)
+        let next = try await store.put("keep", "after")
+        let afterCut = try disk.powerCut()
+        store.close()
+        var c = configuration(afterCut + "/data")
+        c.compactFilesFrom = nil
+        let restored = try TaskStore(c)
+        #expect(try restored.readyIDs("keep") == kept + [next])
+        #expect(try restored.allFailures().map(\.id).sorted() == failed)
+        restored.close()
+    }
+
+    /// The states a crash during the compaction can leave all open whole.
+    @Test func aCompactionCutShortAtAnyStepOpensWhole() async throws {
+        // The copy half written: removed at open.
+        let dir = freshDirectory()
+        let (kept, _) = try await drainedStore(dir)
+        try Data(repeating: 0xAB, count: 100_000).write(to: URL(fileURLWithPath: dir + "/data.mdb.compact"))
+        var c = configuration(dir)
+        c.compactFilesFrom = nil
+        let s1 = try TaskStore(c)
+        #expect(try s1.readyIDs("keep") == kept)
+        s1.close()
+        #expect(!FileManager.default.fileExists(atPath: dir + "/data.mdb.compact"))
+
+        // The checkpoint file removed, the old file still in place.
+        try FileManager.default.removeItem(atPath: dir + "/checkpoint")
+        let s2 = try TaskStore(c)
+        #expect(try s2.readyIDs("keep") == kept)
+        s2.close()
+        #expect(CheckpointFile.latest(in: dir, pageSize: 4096) != nil)
+
+        // The copy in place, the checkpoint file not written yet.
+        let s3 = try TaskStore(configuration(dir))
+        #expect(s3.compactedAtOpen != nil)
+        s3.close()
+        try FileManager.default.removeItem(atPath: dir + "/checkpoint")
+        let s4 = try TaskStore(c)
+        #expect(try s4.readyIDs("keep") == kept)
+        s4.close()
+    }
+}
