@@ -30,6 +30,9 @@ struct StorageBench: AsyncParsableCommand {
     @Option(help: "Before measuring, put this many tasks and ack them all (a backlog that came and went: a bigger file and free list).")
     var drainedBacklog = 0
 
+    @Flag(help: "After the drained backlog, close the store and open it again (which compacts its file) before measuring.")
+    var reopen = false
+
     func run() async throws {
         let base = directory + "/tortoise-bench-\(getpid())"
         try FileManager.default.createDirectory(atPath: base, withIntermediateDirectories: true)
@@ -43,8 +46,13 @@ struct StorageBench: AsyncParsableCommand {
         var oneCaller: Double?
         for n in callers {
             let dir = base + "/store-\(n)"
-            let store = try TaskStore(TaskStore.Configuration(directory: dir))
+            var store = try TaskStore(TaskStore.Configuration(directory: dir))
             if drainedBacklog > 0 { try await drain(store: store, backlog: drainedBacklog) }
+            if reopen {
+                store.close()
+                store = try TaskStore(TaskStore.Configuration(directory: dir))
+                if let c = store.compactedAtOpen { print("compacted at open: \(c.before >> 20) MiB -> \(c.after >> 20) MiB") }
+            }
             let syncsBefore = store.syncCount
             let (pairs, elapsed) = switch driver {
             case .tasks: try await measure(store: store, callers: n)
