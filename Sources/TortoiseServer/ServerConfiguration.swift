@@ -26,6 +26,9 @@ public struct ServerConfiguration: Sendable {
     public var authTimeoutSeconds = 10
     /// Replies a connection may have outstanding before the broker stops reading from it.
     public var maxPendingReplies = 256
+    /// At open, LMDB's file is compacted when it is at least this big and at most half of
+    /// it is live (nil: never; docs/storage.md, "Compaction").
+    public var compactFilesFrom: Int? = 16 << 20
     /// Called once, on a storage thread, when the store halts after a failed flush to
     /// disk (it then refuses every change; reads go on). `tortoised` stops then, so that
     /// a restart rebuilds the state from what reached the disk.

@@ -24,6 +24,7 @@ public final class TortoiseServer: Sendable {
         storeConfig.maxDeliveries = config.maxDeliveries
         storeConfig.maxMapSize = config.maxStorageBytes
         storeConfig.initialMapSize = min(64 << 20, config.maxStorageBytes)
+        storeConfig.compactFilesFrom = config.compactFilesFrom
         storeConfig.halted = { [logger, storeHalted = config.storeHalted] error in
             logger.critical("the disk failed a flush; every change is refused from now on: \(error.message)")
             storeHalted?(error.message)

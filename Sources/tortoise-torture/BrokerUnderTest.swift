@@ -7,9 +7,13 @@ final class BrokerUnderTest {
     private(set) var port = 0
     private var process: Process?
 
-    init(binary: String, directory: String) throws {
+    /// More arguments for tortoised.
+    let extraArguments: [String]
+
+    init(binary: String, directory: String, extraArguments: [String] = []) throws {
         self.binary = binary
         self.directory = directory
+        self.extraArguments = extraArguments
     }
 
     /// Starts tortoised and waits for its listening line; a store that does not reopen
@@ -18,7 +22,7 @@ final class BrokerUnderTest {
         for attempt in 0..<50 {
             let p = Process()
             p.executableURL = URL(fileURLWithPath: binary)
-            p.arguments = ["--data", directory, "--port", String(port)]
+            p.arguments = ["--data", directory, "--port", String(port)] + extraArguments
             let out = Pipe()
             let err = Pipe()
             p.standardOutput = out

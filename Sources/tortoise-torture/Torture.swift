@@ -23,12 +23,14 @@ struct Torture: AsyncParsableCommand {
     @Option(help: "Producers.") var producers = 3
     @Option(help: "Workers.") var workers = 4
     @Flag(help: "CI mode: 8 kills, short intervals.") var short = false
+    @Option(help: "Passed to tortoised as --compact-from (MiB; 1 compacts at almost every restart).") var compactFrom: Int?
 
     func run() async throws {
         let kills = short ? 8 : self.kills
         let maxInterval = short ? 700 : self.maxInterval
         let dir = data ?? FileManager.default.temporaryDirectory.appendingPathComponent("tortoise-torture-\(getpid())").path
-        let broker = try BrokerUnderTest(binary: tortoised, directory: dir)
+        let broker = try BrokerUnderTest(binary: tortoised, directory: dir,
+                                         extraArguments: compactFrom.map { ["--compact-from", String($0)] } ?? [])
         try broker.start()
         var configuration = TortoiseClientConfiguration(host: "127.0.0.1", port: broker.port, environment: [:])
         configuration.connectTimeout = .seconds(2)

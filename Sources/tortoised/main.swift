@@ -57,6 +57,9 @@ struct Tortoised: AsyncParsableCommand {
     @Option(name: .customLong("auth-timeout"), help: "With a token: seconds a connection may stay without AUTH (0: no limit).")
     var authTimeout = 10
 
+    @Option(name: .customLong("compact-from"), help: "At start, compact the store's file if it has at least this many MiB and at most half is live (0: never).")
+    var compactFrom = 16
+
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be from 0 to 65535") }
         guard maxBody > 0 && maxBody <= 1 << 30 else { throw ValidationError("--max-body must be from 1 to 1073741824 bytes") }
@@ -65,6 +68,7 @@ struct Tortoised: AsyncParsableCommand {
         guard maxStorage >= 4 else { throw ValidationError("--max-storage must be at least 4 (MiB)") }
         guard maxConnections > 0 else { throw ValidationError("--max-connections must be at least 1") }
         guard authTimeout >= 0 else { throw ValidationError("--auth-timeout must be 0 or more seconds") }
+        guard compactFrom >= 0 else { throw ValidationError("--compact-from must be 0 or more (MiB)") }
         if let r = failedRetention, WireTime.parseDuration(r) == nil {
             throw ValidationError("--failed-retention '\(r)' is not a duration like 90s, 30m, 12h or 30d")
         }
@@ -89,6 +93,7 @@ struct Tortoised: AsyncParsableCommand {
         config.maxStorageBytes = maxStorage << 20
         config.maxConnections = maxConnections
         config.authTimeoutSeconds = authTimeout
+        config.compactFilesFrom = compactFrom == 0 ? nil : compactFrom << 20
         raiseOpenFileLimit(to: maxConnections + 64, logger: logger)
 
         // Signals arrive on a dispatch source, not as a default handler that kills us.
