@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import TortoiseProtocol
+import TortoiseStorage
 
 /// The command line of tortoised: flags, environment, the listening line, signals, and
 /// a second instance on the same data directory.
@@ -46,6 +47,54 @@ import TortoiseProtocol
         for flag in ["--data", "--host", "--port", "--token", "--max-body", "--max-deliveries", "--ack-timeout", "--failed-retention"] {
             #expect(help.stdout.contains(flag), "\(flag) in --help")
         }
+    }
+
+    @Test func aStartCompactsAStoreThatDrainedABacklog() async throws {
+        // A data directory whose backlog came and went, with three tasks still waiting.
+        let dir = BrokerProcess.freshDirectory()
+        var c = TaskStore.Configuration(directory: dir)
+        c.compactFilesFrom = nil
+        let store = try TaskStore(c)
+        var kept: [TaskID] = []
+        for i in 0..<3 {
+            guard case .put(let id) = try await store.perform(.put(queue: "keep", payload: Array("kept \(i)".utf8))) else { return }
+            kept.append(id)
+        }
+        let payload = [UInt8](repeating: 7, count: 2000)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for _ in 0..<16 {
+                group.addTask {
+                    for _ in 0..<100 { _ = try await store.perform(.put(queue: "backlog", payload: payload)) }
+                    while case .taken(let t?) = try await store.perform(.take(queue: "backlog")) {
+                        _ = try await store.perform(.ack(t.id))
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        store.close()
+        let size = { (try? FileManager.default.attributesOfItem(atPath: dir + "/data.mdb")[.size] as? Int) ?? 0 }
+        let before = size()
+
+        // --compact-from 0: left as it is.
+        let off = try BrokerProcess(directory: dir, arguments: ["--compact-from", "0"])
+        #expect(off.terminate() == 0)
+        #expect(!off.stderr.contains("compacted"))
+        #expect(size() >= before)
+
+        let broker = try BrokerProcess(directory: dir, arguments: ["--compact-from", "1"])
+        #expect(broker.stderr.contains("compacted the store's file from"), "\(broker.stderr)")
+        #expect(size() * 2 < before, "\(before) -> \(size()) bytes")
+        let w = try broker.client()
+        #expect(try w.call("SUB keep") == .ok([]))
+        for id in kept {
+            let m = try w.message()
+            #expect(m.id == id)
+            #expect(try w.call("ACK \(m.id)") == .ok([]))
+        }
+        #expect(try w.stats().queues["backlog"]?.ready ?? 0 == 0)
+        let negative = try run(["--compact-from", "-1", "--port", "0", "--data", BrokerProcess.freshDirectory()])
+        #expect(negative.status != 0 && negative.stderr.contains("--compact-from"))
     }
 
     @Test func aBusyPortIsAClearError() throws {
