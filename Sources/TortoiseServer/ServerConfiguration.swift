@@ -29,6 +29,8 @@ public struct ServerConfiguration: Sendable {
     /// At open, LMDB's file is compacted when it is at least this big and at most half of
     /// it is live (nil: never; docs/storage.md, "Compaction").
     public var compactFilesFrom: Int? = 16 << 20
+    /// While running, how often to look whether the file is worth compacting (nil: only at start).
+    public var compactCheckSeconds: Double? = 10
     /// Called once, on a storage thread, when the store halts after a failed flush to
     /// disk (it then refuses every change; reads go on). `tortoised` stops then, so that
     /// a restart rebuilds the state from what reached the disk.

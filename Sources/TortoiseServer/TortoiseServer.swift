@@ -25,6 +25,12 @@ public final class TortoiseServer: Sendable {
         storeConfig.maxMapSize = config.maxStorageBytes
         storeConfig.initialMapSize = min(64 << 20, config.maxStorageBytes)
         storeConfig.compactFilesFrom = config.compactFilesFrom
+        storeConfig.compactCheckInterval = config.compactCheckSeconds.map { .milliseconds(Int64(($0 * 1000).rounded())) }
+        storeConfig.compacted = { [logger] before, after, took in
+            let mib = { (bytes: Int) in String(format: "%.1f MiB", Double(bytes) / 1_048_576) }
+            let ms = Double(took.components.attoseconds) / 1e15 + Double(took.components.seconds) * 1000
+            logger.info("compacted the store's file from \(mib(before)) to \(mib(after)) while running, in \(Int(ms)) ms (most of it was free)")
+        }
         storeConfig.halted = { [logger, storeHalted = config.storeHalted] error in
             logger.critical("the disk failed a flush; every change is refused from now on: \(error.message)")
             storeHalted?(error.message)

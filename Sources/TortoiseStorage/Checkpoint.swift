@@ -19,6 +19,9 @@ struct Checkpoint: Equatable {
     var batch: UInt64
     /// The meta page as LMDB wrote it for `txnid` (one page).
     var metaPage: [UInt8]
+    /// Which file it belongs to: counts the compactions while the store runs (not stored;
+    /// a snapshot of a file that was replaced since is not recorded).
+    var generation = 0
 }
 
 /// The `checkpoint` file of a data directory: two slots written in turn, each with a
@@ -28,7 +31,7 @@ final class CheckpointFile {
     private static let magic: [UInt8] = Array("TCKP".utf8)
     private static let headerSize = 32
     let path: String
-    private let fd: Int32
+    private var fd: Int32
     private let pageSize: Int
     private var slotSize: Int { Self.headerSize + pageSize }
     /// The transaction id in each slot (0: none).
@@ -43,6 +46,15 @@ final class CheckpointFile {
     }
 
     deinit { close(fd) }
+
+    /// Starts a new, empty file at the same path (the old one was removed).
+    func reopen() throws(StorageError) {
+        let new = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o640)
+        if new < 0 { throw StorageError(.io, "cannot create \(path): \(String(cString: strerror(errno)))") }
+        close(fd)
+        fd = new
+        slotTxnids = [0, 0]
+    }
 
     /// The newest whole checkpoint in `directory`, if any (read before LMDB opens).
     static func latest(in directory: String, pageSize: Int) -> Checkpoint? {

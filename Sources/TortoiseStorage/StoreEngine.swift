@@ -55,11 +55,15 @@ final class StoreEngine: @unchecked Sendable {
         var maxLiveBytes: Int
     }
 
+    /// The data directory.
+    let directory: String
+
     /// The file's size before and after, if it was compacted at open.
     private(set) var compactedAtOpen: (before: Int, after: Int)?
 
     init(directory: String, options: LMDBEnvironment.Options, maxDeliveries: Int, logFileSize: Int,
          compaction: Compaction? = nil) throws(StorageError) {
+        self.directory = directory
         if mkdir(directory, 0o750) == 0 {
             // The new directory's own entry must be on disk before anything in it counts
             // as durable (the files' entries are flushed once the redo log exists).
@@ -181,6 +185,63 @@ final class StoreEngine: @unchecked Sendable {
         return (before, Int(st.st_size))
     }
 
+    /// Compacts LMDB's file while the store runs, when at most half of a file of at least
+    /// `policy.minFileBytes` is live and at most `policy.maxLiveBytes` (the writer waits
+    /// for the copy). Writer-only, between batches. The same order as at open, for a crash
+    /// at any step: the copy of the latest snapshot is flushed; LMDB's file is flushed (so
+    /// that it opens whole without a checkpoint); the `checkpoint` file goes; the copy is
+    /// put in place and opened; the tables open again; the new file is checkpointed.
+    /// Returns the sizes before and after, or nil when it was left as it is. An error
+    /// once the `checkpoint` file is gone leaves a store that must be opened again.
+    func compactWhileRunning(policy: Compaction) throws(StorageError) -> (before: Int, after: Int)? {
+        checkpointLock.lock()
+        defer { checkpointLock.unlock() }
+        if checkpointFailure != nil { return nil }
+        let path = directory + "/data.mdb"
+        let copy = directory + "/" + Self.compactName
+        var st = stat()
+        guard stat(path, &st) == 0, Int(st.st_size) >= policy.minFileBytes else { return nil }
+        let before = Int(st.st_size)
+        do throws(StorageError) {
+            let live = env.usedBytes - (try env.freeBytes())
+            guard live * 2 <= before, live <= policy.maxLiveBytes else { return nil }
+            try env.writeCompactCopy(to: copy)
+        } catch {
+            unlink(copy)
+            return nil
+        }
+        do throws(StorageError) {
+            try env.sync()
+        } catch {
+            unlink(copy)
+            failureLock.withLock { persistFailure = persistFailure ?? error }
+            throw error
+        }
+        do throws(StorageError) {
+            guard unlink(directory + "/" + CheckpointFile.name) == 0 || errno == ENOENT, Self.fsyncDirectory(directory) else {
+                throw StorageError(.io, "cannot remove \(directory)/\(CheckpointFile.name): \(String(cString: strerror(errno)))")
+            }
+            try env.replaceFile(with: copy) { () throws(StorageError) in
+                guard try StoreTables(env: env) == t else {
+                    throw StorageError(.corrupt, "the compacted store's tables did not open as before")
+                }
+            }
+            generation += 1
+            try checkpoints.reopen()
+            let txnid = try env.pinLatestSnapshot()
+            guard let page = try env.metaPage(for: txnid) else {
+                throw StorageError(.corrupt, "the meta page of transaction \(txnid) is not in the compacted file")
+            }
+            try checkpoints.write(Checkpoint(txnid: txnid, batch: batchNumber, metaPage: page, generation: generation))
+        } catch {
+            failureLock.withLock { persistFailure = persistFailure ?? error }
+            throw error
+        }
+        log.dataFlushed(through: batchNumber)
+        guard stat(path, &st) == 0 else { return (before, 0) }
+        return (before, Int(st.st_size))
+    }
+
     private static func fsyncDirectory(_ directory: String) -> Bool {
         let fd = open(directory, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return false }
@@ -220,8 +281,12 @@ final class StoreEngine: @unchecked Sendable {
         guard let page = try env.metaPage(for: txnid) else {
             throw StorageError(.corrupt, "the meta page of transaction \(txnid) is not in the store's file")
         }
-        return Checkpoint(txnid: txnid, batch: batchNumber, metaPage: page)
+        return Checkpoint(txnid: txnid, batch: batchNumber, metaPage: page, generation: generation)
     }
+
+    /// How many times the file was compacted while the store ran (writer-only; read under
+    /// `checkpointLock` by ``persist(_:)``).
+    private(set) var generation = 0
 
     /// Flushes LMDB's file, and records `snapshot` (now wholly on disk) as the one to
     /// start from: older snapshots' pages may be reused from here on, and the redo log
@@ -232,6 +297,8 @@ final class StoreEngine: @unchecked Sendable {
         // After a failed flush, pages it could not write may count as written: a later
         // flush that succeeds would not make the file whole (TaskStore.haltedBy).
         if let failure = checkpointFailure { throw failure }
+        // Taken before a compaction replaced the file: the compaction checkpointed the new one.
+        guard snapshot.generation == generation else { return }
         do throws(StorageError) {
             try env.sync()
             try checkpoints.write(snapshot)

@@ -1,5 +1,5 @@
 /// The tables of a data directory and how their keys are built (see docs/storage.md).
-struct StoreTables {
+struct StoreTables: Equatable {
     /// `format`, `next_id`, `next_seq`, `pruned` → big-endian numbers.
     let meta: LMDBDatabase
     /// id → ``TaskRecord``: every task that is ready, in flight or delayed.

@@ -46,6 +46,15 @@ public final class TaskStore: @unchecked Sendable {
         public var compactFilesFrom: Int? = 16 << 20
         /// ...unless more than this much of it is live (the copy delays the open).
         public var compactLiveAtMost: Int = 256 << 20
+        /// While the store runs, how often it looks whether LMDB's file is worth compacting
+        /// (at least ``compactFilesFrom``, at most half live, and at most
+        /// ``compactLiveWhileRunningAtMost`` live). Nil: only at open.
+        public var compactCheckInterval: Duration? = .seconds(10)
+        /// The most live data compacted while the store runs (changes wait for the copy).
+        public var compactLiveWhileRunningAtMost: Int = 32 << 20
+        /// Called on the writer's thread after a compaction while the store runs, with the
+        /// file's sizes before and after and how long changes waited for it.
+        public var compacted: (@Sendable (_ before: Int, _ after: Int, _ took: Duration) -> Void)?
 
         /// A configuration for `directory` with the defaults.
         public init(directory: String) { self.directory = directory }
@@ -76,6 +85,13 @@ public final class TaskStore: @unchecked Sendable {
     private let dataFlushInterval: Duration
     private let flushesDataInBackground: Bool
     private let halted: (@Sendable (StorageError) -> Void)?
+    private let runningCompaction: (policy: StoreEngine.Compaction, every: Duration)?
+    private let compactedCallback: (@Sendable (Int, Int, Duration) -> Void)?
+    /// Asked of the writer by the flusher: see whether the file is worth compacting.
+    private var compactionWanted = false
+    private var compactions = 0
+    /// How many times LMDB's file was compacted while the store ran.
+    public var compactionsWhileRunning: Int { haltLock.withLock { compactions } }
     private let haltLock = NSLock()
     private var haltError: StorageError?
     private let flusherCondition = NSCondition()
@@ -106,6 +122,12 @@ public final class TaskStore: @unchecked Sendable {
                                      StoreEngine.Compaction(minFileBytes: $0, maxLiveBytes: configuration.compactLiveAtMost)
                                  })
         compactedAtOpen = engine.compactedAtOpen
+        if let from = configuration.compactFilesFrom, let every = configuration.compactCheckInterval {
+            runningCompaction = (StoreEngine.Compaction(minFileBytes: from, maxLiveBytes: configuration.compactLiveWhileRunningAtMost), every)
+        } else {
+            runningCompaction = nil
+        }
+        compactedCallback = configuration.compacted
         dataFlushInterval = configuration.dataFlushInterval
         flushesDataInBackground = configuration.flushesDataInBackground
         halted = configuration.halted
@@ -216,7 +238,7 @@ public final class TaskStore: @unchecked Sendable {
     private func writerLoop() {
         while true {
             writerCondition.lock()
-            while pending.isEmpty && !closing && !snapshotWanted { writerCondition.wait() }
+            while pending.isEmpty && !closing && !snapshotWanted && !compactionWanted { writerCondition.wait() }
             if snapshotWanted {
                 // Taken between batches, without holding up submitters.
                 snapshotWanted = false
@@ -227,6 +249,12 @@ public final class TaskStore: @unchecked Sendable {
                 snapshot = taken
                 writerCondition.broadcast()
                 writerCondition.unlock()
+                continue
+            }
+            if compactionWanted && !closing {
+                compactionWanted = false
+                writerCondition.unlock()
+                compactIfWorthIt()
                 continue
             }
             if pending.isEmpty && closing {
@@ -282,6 +310,20 @@ public final class TaskStore: @unchecked Sendable {
                     syncCondition.unlock()
                 }
             }
+        }
+    }
+
+    /// Compacts LMDB's file if it is worth it (between batches, on the writer's thread).
+    private func compactIfWorthIt() {
+        guard let running = runningCompaction, haltedBy == nil else { return }
+        do throws(StorageError) {
+            let start = ContinuousClock.now
+            if let c = try engine.compactWhileRunning(policy: running.policy) {
+                haltLock.withLock { compactions += 1 }
+                compactedCallback?(c.before, c.after, ContinuousClock.now - start)
+            }
+        } catch {
+            halt(StorageError(error.code, "compacting the store's file failed (\(error.message))"))
         }
     }
 
@@ -350,6 +392,7 @@ public final class TaskStore: @unchecked Sendable {
     /// pages become free to reuse and the log may drop what the new one holds.
     private func flushLoop() {
         var flushed = engine.committedBatch
+        var nextCompactionCheck = runningCompaction.map { ContinuousClock.now + $0.every }
         flusherCondition.lock()
         while !flusherStop {
             let (s, a) = dataFlushInterval.components
@@ -358,6 +401,13 @@ public final class TaskStore: @unchecked Sendable {
             if flusherStop { break }
             flushWanted = false
             flusherCondition.unlock()
+            if let due = nextCompactionCheck, ContinuousClock.now >= due {
+                nextCompactionCheck = ContinuousClock.now + runningCompaction!.every
+                writerCondition.lock()
+                compactionWanted = true
+                writerCondition.broadcast()
+                writerCondition.unlock()
+            }
             let committed = engine.committedBatch
             var writerStopped = false
             if flushesDataInBackground, committed > flushed, haltedBy == nil {

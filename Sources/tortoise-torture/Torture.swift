@@ -24,13 +24,15 @@ struct Torture: AsyncParsableCommand {
     @Option(help: "Workers.") var workers = 4
     @Flag(help: "CI mode: 8 kills, short intervals.") var short = false
     @Option(help: "Passed to tortoised as --compact-from (MiB; 1 compacts at almost every restart).") var compactFrom: Int?
+    @Option(help: "Passed to tortoised as --compact-check (seconds; small values compact while it runs too).") var compactCheck: Double?
 
     func run() async throws {
         let kills = short ? 8 : self.kills
         let maxInterval = short ? 700 : self.maxInterval
         let dir = data ?? FileManager.default.temporaryDirectory.appendingPathComponent("tortoise-torture-\(getpid())").path
         let broker = try BrokerUnderTest(binary: tortoised, directory: dir,
-                                         extraArguments: compactFrom.map { ["--compact-from", String($0)] } ?? [])
+                                         extraArguments: (compactFrom.map { ["--compact-from", String($0)] } ?? [])
+                                             + (compactCheck.map { ["--compact-check", String($0)] } ?? []))
         try broker.start()
         var configuration = TortoiseClientConfiguration(host: "127.0.0.1", port: broker.port, environment: [:])
         configuration.connectTimeout = .seconds(2)

@@ -57,8 +57,11 @@ struct Tortoised: AsyncParsableCommand {
     @Option(name: .customLong("auth-timeout"), help: "With a token: seconds a connection may stay without AUTH (0: no limit).")
     var authTimeout = 10
 
-    @Option(name: .customLong("compact-from"), help: "At start, compact the store's file if it has at least this many MiB and at most half is live (0: never).")
+    @Option(name: .customLong("compact-from"), help: "Compact the store's file (at start, and see --compact-check) if it has at least this many MiB and at most half is live (0: never).")
     var compactFrom = 16
+
+    @Option(name: .customLong("compact-check"), help: "While running, look this often (seconds) whether the store's file is worth compacting (0: only at start).")
+    var compactCheck = 10.0
 
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be from 0 to 65535") }
@@ -69,6 +72,7 @@ struct Tortoised: AsyncParsableCommand {
         guard maxConnections > 0 else { throw ValidationError("--max-connections must be at least 1") }
         guard authTimeout >= 0 else { throw ValidationError("--auth-timeout must be 0 or more seconds") }
         guard compactFrom >= 0 else { throw ValidationError("--compact-from must be 0 or more (MiB)") }
+        guard compactCheck >= 0 && compactCheck.isFinite else { throw ValidationError("--compact-check must be 0 or more seconds") }
         if let r = failedRetention, WireTime.parseDuration(r) == nil {
             throw ValidationError("--failed-retention '\(r)' is not a duration like 90s, 30m, 12h or 30d")
         }
@@ -94,6 +98,7 @@ struct Tortoised: AsyncParsableCommand {
         config.maxConnections = maxConnections
         config.authTimeoutSeconds = authTimeout
         config.compactFilesFrom = compactFrom == 0 ? nil : compactFrom << 20
+        config.compactCheckSeconds = compactCheck == 0 ? nil : max(0.01, compactCheck)
         raiseOpenFileLimit(to: maxConnections + 64, logger: logger)
 
         // Signals arrive on a dispatch source, not as a default handler that kills us.

@@ -5,9 +5,11 @@ import Testing
 /// of everything the clients were told.
 @Suite(.serialized) struct TortureTests {
     @Test func shortCrashTortureFindsNoProblem() throws {
-        // With --compact-from 1, restarts whose file has grown past 1 MiB (most, here)
-        // also compact it.
-        let r = try Tool.run("tortoise-torture", ["--short", "--tortoised", BrokerProcess.binary("tortoised"), "--compact-from", "1"],
+        // With --compact-from 1 and --compact-check 0.1, the broker also compacts its file
+        // at restarts and every tenth of a second while it runs (whenever it has grown past
+        // 1 MiB and at most half is live): compactions under SIGKILL too.
+        let r = try Tool.run("tortoise-torture", ["--short", "--tortoised", BrokerProcess.binary("tortoised"),
+                                                  "--compact-from", "1", "--compact-check", "0.1"],
                              timeout: 180)
         #expect(r.status == 0, "\(r.stdout)\n\(r.stderr.suffix(2000))")
         #expect(r.stdout.contains("crash cycles survived: 8"))

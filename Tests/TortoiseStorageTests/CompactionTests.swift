@@ -18,7 +18,18 @@ import TortoiseTestSupport
 
     /// A store with a drained backlog, a few tasks kept in a queue and a few failures.
     private func drainedStore(_ dir: String) async throws -> (kept: [TaskID], failed: [TaskID]) {
-        let store = try TaskStore(configuration(dir))
+        var c = configuration(dir)
+        c.compactCheckInterval = nil
+        let store = try TaskStore(c)
+        let result = try await fillAndDrain(store)
+        #expect(store.compactedAtOpen == nil)
+        store.close()
+        return result
+    }
+
+    /// Six tasks kept in `keep`, 1,600 of 2 KB put in `backlog` and taken again (three
+    /// failed, the rest acked).
+    private func fillAndDrain(_ store: TaskStore) async throws -> (kept: [TaskID], failed: [TaskID]) {
         let payload = String(repeating: "p", count: 2000)
         var kept: [TaskID] = []
         for i in 0..<6 { kept.append(try await store.put("keep", "kept \(i)")) }
@@ -46,9 +57,52 @@ import TortoiseTestSupport
             }
             return try await group.reduce([], +)
         }
-        #expect(store.compactedAtOpen == nil)
-        store.close()
         return (kept, failed.sorted())
+    }
+
+    @Test func aFileThatIsMostlyFreeIsCompactedWhileTheStoreRuns() async throws {
+        let dir = freshDirectory()
+        var c = configuration(dir)
+        c.compactCheckInterval = .milliseconds(20)
+        let told = Counter()
+        c.compacted = { before, after, _ in if after < before { told.add() } }
+        let store = try TaskStore(c)
+        // Readers all the while: none may fail or see a queue out of order.
+        let reading = Task.detached {
+            var reads = 0
+            while !Task.isCancelled {
+                let keep = try store.readyIDs("keep")
+                #expect(keep == keep.sorted())
+                _ = try store.counts()
+                _ = try store.peekReady("backlog", skipping: [])
+                reads += 1
+            }
+            return reads
+        }
+        let (kept, failed) = try await fillAndDrain(store)
+        // The drained file is compacted within a few checks (one may also have come while
+        // the backlog was growing).
+        let deadline = Date().addingTimeInterval(10)
+        while fileSize(dir) >= 2 << 20 && Date() < deadline { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(store.compactionsWhileRunning >= 1)
+        #expect(told.value == store.compactionsWhileRunning)
+        reading.cancel()
+        #expect(try await reading.value > 0)
+        #expect(fileSize(dir) < 2 << 20, "\(fileSize(dir)) bytes")
+        #expect(try store.readyIDs("keep") == kept)
+        var boom = FailedQuery()
+        boom.words = ["boom"]
+        #expect(try store.failed(boom, limit: 10).tasks.map(\.id).sorted() == failed)
+        // Changes go on, and so do checkpoints.
+        let next = try await store.put("keep", "after")
+        #expect(try await store.takeText("keep") == "kept 0")
+        try await Task.sleep(for: .milliseconds(50))
+        store.close()
+        var plain = configuration(dir)
+        plain.compactFilesFrom = nil
+        let again = try TaskStore(plain)
+        #expect(try again.readyIDs("keep") == kept + [next])
+        again.close()
     }
 
     @Test func aFileThatIsMostlyFreeIsCompactedAtOpenAndKeepsEverything() async throws {
@@ -178,4 +232,12 @@ import TortoiseTestSupport
         #expect(try s4.readyIDs("keep") == kept)
         s4.close()
     }
+}
+
+/// A count kept across threads.
+private final class Counter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var n = 0
+    func add() { lock.withLock { n += 1 } }
+    var value: Int { lock.withLock { n } }
 }

@@ -18,7 +18,12 @@ public struct LMDBDatabase: Sendable, Hashable {
 /// The map grows on demand (see ``grow()``) up to `maxMapSize`; a growth waits for the
 /// read transactions in flight, which hold a shared lock for their short lives.
 public final class LMDBEnvironment: @unchecked Sendable {
-    let handle: OpaquePointer
+    /// Changed only by ``replaceFile(with:)``, under the write side of `resizeLock`: read
+    /// it on the writer's thread, or inside a read transaction.
+    private(set) var handle: OpaquePointer
+    private let directory: String
+    private let openFlags: UInt32
+    private let maxDatabases: UInt32
     /// The current size of the memory map in bytes.
     public private(set) var mapSize: Int
     /// The largest the map may grow to.
@@ -45,14 +50,17 @@ public final class LMDBEnvironment: @unchecked Sendable {
         try check(mdb_env_create(&env), "creating the LMDB environment")
         guard let env else { throw StorageError(.io, "mdb_env_create returned no environment") }
         self.handle = env
+        self.directory = directory
+        self.maxDatabases = options.maxDatabases
         self.maxMapSize = max(options.maxMapSize, options.initialMapSize)
         var size = min(options.initialMapSize, self.maxMapSize)
+        var flags = UInt32(MDB_NOTLS | MDB_NORDAHEAD)
+        if options.noSync { flags |= UInt32(MDB_NOSYNC) }
+        self.openFlags = flags
         do {
             try check(mdb_env_set_maxdbs(env, options.maxDatabases), "setting the table count")
             try check(mdb_env_set_maxreaders(env, 512), "setting the reader count")
             try check(mdb_env_set_mapsize(env, size), "setting the map size")
-            var flags = UInt32(MDB_NOTLS | MDB_NORDAHEAD)
-            if options.noSync { flags |= UInt32(MDB_NOSYNC) }
             try check(mdb_env_open(env, directory, flags, 0o640), "opening the store in \(directory)")
             var dead: Int32 = 0
             try check(mdb_reader_check(env, &dead), "clearing stale readers")
@@ -183,6 +191,51 @@ public final class LMDBEnvironment: @unchecked Sendable {
         defer { _ = Glibc.close(fd) }
         try check(mdb_env_copyfd2(handle, fd, UInt32(MDB_CP_COMPACT)), "writing a compacted copy of the store")
         guard fdatasync(fd) == 0 else { throw StorageError(.io, "cannot flush \(path): \(String(cString: strerror(errno)))") }
+    }
+
+    /// Puts the file at `copy` (a compacted copy, flushed) in place of `data.mdb` and
+    /// opens it, while no read transaction runs: the pins go, the old environment closes,
+    /// the copy is renamed over the file (the directory flushed), the new one opens with
+    /// the same map size, and `reopenTables` runs before any reader may start (opened
+    /// again in the same order, the tables get the same handles). Call from the writer,
+    /// between write transactions. If it fails once the old environment is closed, the
+    /// environment stays closed.
+    func replaceFile(with copy: String, reopenTables: () throws(StorageError) -> Void) throws(StorageError) {
+        try resizeLock.withWriteLock { () throws(StorageError) in
+            if isClosed { throw StorageError(.closed, "the store is closed") }
+            releasePins(before: .max)
+            mdb_env_close(handle)
+            isClosed = true
+            let path = directory + "/data.mdb"
+            guard rename(copy, path) == 0 else {
+                throw StorageError(.io, "cannot put the compacted copy in place of \(path): \(String(cString: strerror(errno)))")
+            }
+            let dfd = open(directory, O_RDONLY | O_CLOEXEC)
+            let flushed = dfd >= 0 && fsync(dfd) == 0
+            if dfd >= 0 { _ = Glibc.close(dfd) }
+            guard flushed else { throw StorageError(.io, "cannot flush the directory \(directory)") }
+            var env: OpaquePointer?
+            try check(mdb_env_create(&env), "creating the LMDB environment")
+            guard let env else { throw StorageError(.io, "mdb_env_create returned no environment") }
+            do throws(StorageError) {
+                try check(mdb_env_set_maxdbs(env, maxDatabases), "setting the table count")
+                try check(mdb_env_set_maxreaders(env, 512), "setting the reader count")
+                try check(mdb_env_set_mapsize(env, mapSize), "setting the map size")
+                try check(mdb_env_open(env, directory, openFlags, 0o640), "opening the compacted store in \(directory)")
+            } catch {
+                mdb_env_close(env)
+                throw error
+            }
+            handle = env
+            isClosed = false
+            do throws(StorageError) {
+                try reopenTables()
+            } catch {
+                isClosed = true
+                mdb_env_close(env)
+                throw error
+            }
+        }
     }
 
     /// Flushes everything committed so far to disk (`fdatasync`).
