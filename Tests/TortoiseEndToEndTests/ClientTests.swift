@@ -155,14 +155,16 @@ final class EventLog: Sendable {
     }
 
     @Test func longHandlersAreTouchedPastTheAckTimeout() async throws {
-        let broker = try BrokerProcess(arguments: ["--ack-timeout", "1"])
+        // A handler more than twice the ack timeout; touches every 300 ms leave a loaded
+        // machine (the whole suite runs at once on 2 cores) over a second and a half of slack.
+        let broker = try BrokerProcess(arguments: ["--ack-timeout", "2"])
         let client = try await TortoiseClient.connect(broker.clientConfiguration)
         let log = EventLog()
         var options = TortoiseWorker.Options()
         options.touchInterval = .milliseconds(300)
         options.onEvent = { log.record($0) }
         let worker = TortoiseWorker(configuration: broker.clientConfiguration, queues: ["slow"], options: options) { _ in
-            try await Task.sleep(for: .milliseconds(2500))
+            try await Task.sleep(for: .milliseconds(4500))
         }
         let run = Task { try await worker.run() }
         let id = try await client.put("slow", "x")
