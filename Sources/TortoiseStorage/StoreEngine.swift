@@ -167,16 +167,10 @@ final class StoreEngine: @unchecked Sendable {
         var st = stat()
         guard stat(path, &st) == 0, Int(st.st_size) >= policy.minFileBytes else { return nil }
         let before = Int(st.st_size)
-        do throws(StorageError) {
-            let probe = try LMDBEnvironment(directory: directory, options: options)
-            defer { probe.close() }
-            let live = probe.usedBytes - (try probe.freeBytes())
-            guard live * 2 <= before, live <= policy.maxLiveBytes else { return nil }
-            try probe.writeCompactCopy(to: copy)
-        } catch {
-            unlink(copy)
-            return nil
-        }
+        guard let probe = try? LMDBEnvironment(directory: directory, options: options) else { return nil }
+        let copied = writeCompactCopyIfMostlyFree(probe, fileBytes: before, policy: policy, to: copy)
+        probe.close()
+        guard copied else { return nil }
         guard unlink(directory + "/" + CheckpointFile.name) == 0 || errno == ENOENT, fsyncDirectory(directory) else {
             unlink(copy)
             return nil
@@ -202,14 +196,7 @@ final class StoreEngine: @unchecked Sendable {
         var st = stat()
         guard stat(path, &st) == 0, Int(st.st_size) >= policy.minFileBytes else { return nil }
         let before = Int(st.st_size)
-        do throws(StorageError) {
-            let live = env.usedBytes - (try env.freeBytes())
-            guard live * 2 <= before, live <= policy.maxLiveBytes else { return nil }
-            try env.writeCompactCopy(to: copy)
-        } catch {
-            unlink(copy)
-            return nil
-        }
+        guard Self.writeCompactCopyIfMostlyFree(env, fileBytes: before, policy: policy, to: copy) else { return nil }
         do throws(StorageError) {
             try env.sync()
         } catch {
@@ -240,6 +227,21 @@ final class StoreEngine: @unchecked Sendable {
         log.dataFlushed(through: batchNumber)
         guard stat(path, &st) == 0 else { return (before, 0) }
         return (before, Int(st.st_size))
+    }
+
+    /// When at most half of a file of `fileBytes` is live in `env`, and at most
+    /// `policy.maxLiveBytes`, writes the compacted copy to `copy` and says true; false
+    /// when it is not worth it or the copy failed (then no copy is left).
+    private static func writeCompactCopyIfMostlyFree(_ env: LMDBEnvironment, fileBytes: Int, policy: Compaction, to copy: String) -> Bool {
+        do throws(StorageError) {
+            let live = env.usedBytes - (try env.freeBytes())
+            guard live * 2 <= fileBytes, live <= policy.maxLiveBytes else { return false }
+            try env.writeCompactCopy(to: copy)
+            return true
+        } catch {
+            unlink(copy)
+            return false
+        }
     }
 
     private static func fsyncDirectory(_ directory: String) -> Bool {
