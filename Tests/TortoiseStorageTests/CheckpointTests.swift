@@ -36,10 +36,7 @@ import Testing
 
     @Test func aPowerCutDuringAFlushLosesNothingConfirmed() async throws {
         let dir = freshDirectory()
-        var c = TaskStore.Configuration(directory: dir)
-        c.initialMapSize = 1 << 20
-        c.maxMapSize = 1 << 30
-        c.flushesDataInBackground = false
+        let c = testConfiguration(dir, backgroundCheckpoints: false)
         let store = try TaskStore(c)
         try await RedoLogTests.work(store, rounds: 10)
         try store.flushData()

@@ -6,8 +6,7 @@ import TortoiseTestSupport
 /// LMDB's file compacted at open once a backlog came and went.
 @Suite struct CompactionTests {
     private func configuration(_ dir: String) -> TaskStore.Configuration {
-        var c = TaskStore.Configuration(directory: dir)
-        c.initialMapSize = 1 << 20
+        var c = testConfiguration(dir)
         c.compactFilesFrom = 1 << 20
         return c
     }

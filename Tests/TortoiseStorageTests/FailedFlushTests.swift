@@ -23,11 +23,9 @@ import TortoiseTestSupport
         }
         let dir = disk.mountPoint + "/data"
         let halts = Halts()
-        var c = TaskStore.Configuration(directory: dir)
-        c.initialMapSize = 1 << 20
         // The power cut comes before the next checkpoint of LMDB's file (in production
         // one runs every 10 ms): only the log holds the latest changes.
-        c.flushesDataInBackground = false
+        var c = testConfiguration(dir, backgroundCheckpoints: false)
         c.halted = { e in halts.record(e) }
         do {
             return (try TaskStore(c), disk, dir, halts)

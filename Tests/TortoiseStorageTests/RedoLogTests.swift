@@ -106,11 +106,7 @@ import Testing
         let dir = freshDirectory()
         let copy = freshDirectory()
         try FileManager.default.createDirectory(atPath: copy, withIntermediateDirectories: true)
-        var c = TaskStore.Configuration(directory: dir)
-        c.initialMapSize = 1 << 20
-        c.maxMapSize = 1 << 30
-        c.flushesDataInBackground = false
-        c.logFileSize = logFileSize
+        let c = testConfiguration(dir, backgroundCheckpoints: false, logFileSize: logFileSize)
         let store = try TaskStore(c)
         try await Self.work(store, rounds: 10)
         try store.flushData()
@@ -145,10 +141,7 @@ import Testing
     /// the log stays about two files' worth however much is written.
     @Test func theLogStaysSmallUnderALongRun() async throws {
         let dir = freshDirectory()
-        var c = TaskStore.Configuration(directory: dir)
-        c.initialMapSize = 1 << 20
-        c.logFileSize = 32 << 10
-        let store = try TaskStore(c)
+        let store = try TaskStore(testConfiguration(dir, logFileSize: 32 << 10))
         defer { store.close() }
         let payload = String(repeating: "x", count: 1000)
         for _ in 0..<40 {
@@ -170,10 +163,7 @@ import Testing
     /// a log written with a larger size (an older default).
     @Test func grownLogFilesShrinkAtOpen() async throws {
         let dir = freshDirectory()
-        var c = TaskStore.Configuration(directory: dir)
-        c.initialMapSize = 1 << 20
-        c.logFileSize = 32 << 10
-        c.flushesDataInBackground = false
+        let c = testConfiguration(dir, backgroundCheckpoints: false, logFileSize: 32 << 10)
         func sizes() throws -> [Int] {
             try ["wal-0", "wal-1"].map { try #require(try FileManager.default.attributesOfItem(atPath: dir + "/" + $0)[.size] as? Int) }
         }

@@ -10,8 +10,20 @@ func freshDirectory(_ name: String = #function) -> String {
     freshDirectory(in: testBase, for: name)
 }
 
-func openStore(_ dir: String, maxDeliveries: Int = 10, initialMapSize: Int = 1 << 20, maxMapSize: Int = 1 << 30) throws -> TaskStore {
+/// A store configuration for tests: a 1 MiB map that may grow to 1 GiB; with
+/// `backgroundCheckpoints` false, LMDB's file is flushed only by `flushData()` and at
+/// close (a power cut then finds the latest changes only in the log).
+func testConfiguration(_ dir: String, backgroundCheckpoints: Bool = true, logFileSize: Int? = nil) -> TaskStore.Configuration {
     var c = TaskStore.Configuration(directory: dir)
+    c.initialMapSize = 1 << 20
+    c.maxMapSize = 1 << 30
+    c.flushesDataInBackground = backgroundCheckpoints
+    if let logFileSize { c.logFileSize = logFileSize }
+    return c
+}
+
+func openStore(_ dir: String, maxDeliveries: Int = 10, initialMapSize: Int = 1 << 20, maxMapSize: Int = 1 << 30) throws -> TaskStore {
+    var c = testConfiguration(dir)
     c.maxDeliveries = maxDeliveries
     c.initialMapSize = initialMapSize
     c.maxMapSize = maxMapSize
