@@ -88,6 +88,12 @@ public final class FaultyDisk: @unchecked Sendable {
 
     /// What a power cut at this moment would leave: a copy of the disk (no page cache),
     /// mounted (its journal is replayed as at a boot). Returns where.
+    ///
+    /// The copy is read while the disk is live, front to back: it is a power-cut image
+    /// only if nothing is flushed to the disk while it is taken. Stop the writers first
+    /// (a store that is halted, or whose background checkpoints are off): a checkpoint
+    /// flushed during the copy can land in it without the pages it names, and LMDB then
+    /// reads past the end of its file (SIGBUS).
     public func powerCut() throws -> String {
         copies += 1
         let copy = base + "/after-power-cut-\(copies).img"
