@@ -47,12 +47,15 @@ final class StoreEngine: @unchecked Sendable {
     /// The `meta` key of the number of the last batch committed (the redo log's mark).
     static let walBatchKey = Array("wal_batch".utf8)
 
-    /// When LMDB's file is compacted at open (see ``compactIfMostlyFree(directory:options:policy:)``).
+    /// When LMDB's file is compacted (see ``compactIfMostlyFree(directory:options:policy:)``
+    /// and ``startCompaction(policy:copied:)``).
     struct Compaction: Sendable {
         /// Smaller files are left as they are.
         var minFileBytes: Int
         /// Files with more live data than this are left as they are (the copy delays the open).
         var maxLiveBytes: Int
+        /// Files of which more than this share (in percent) is live are left as they are.
+        var maxLivePercent: Int = 50
     }
 
     /// The data directory.
@@ -179,24 +182,101 @@ final class StoreEngine: @unchecked Sendable {
         return (before, Int(st.st_size))
     }
 
-    /// Compacts LMDB's file while the store runs, when at most half of a file of at least
-    /// `policy.minFileBytes` is live and at most `policy.maxLiveBytes` (the writer waits
-    /// for the copy). Writer-only, between batches. The same order as at open, for a crash
-    /// at any step: the copy of the latest snapshot is flushed; LMDB's file is flushed (so
-    /// that it opens whole without a checkpoint); the `checkpoint` file goes; the copy is
-    /// put in place and opened; the tables open again; the new file is checkpointed.
-    /// Returns the sizes before and after, or nil when it was left as it is. An error
-    /// once the `checkpoint` file is gone leaves a store that must be opened again.
-    func compactWhileRunning(policy: Compaction) throws(StorageError) -> (before: Int, after: Int)? {
-        checkpointLock.lock()
-        defer { checkpointLock.unlock() }
-        if checkpointFailure != nil { return nil }
+    /// A compacted copy being written in the background while the store runs.
+    private final class CopyJob: @unchecked Sendable {
+        /// The file's size when the copy began.
+        let before: Int
+        /// The last batch committed when the copy began: the copy holds at least this one.
+        let startBatch: UInt64
+        private let condition = NSCondition()
+        private var result: Result<Void, StorageError>?
+        init(before: Int, startBatch: UInt64) { self.before = before; self.startBatch = startBatch }
+        func finish(_ r: Result<Void, StorageError>) { condition.withLock { result = r; condition.broadcast() } }
+        /// The outcome, once the copy is done.
+        var outcome: Result<Void, StorageError>? { condition.withLock { result } }
+        func wait() { condition.withLock { while result == nil { condition.wait() } } }
+    }
+    /// Writer-only.
+    private var copyJob: CopyJob?
+    /// While a copy is written: the redo log keeps every batch after this one (read and
+    /// set under `checkpointLock`), so that the batches committed during the copy can be
+    /// applied to it, and found again after a crash.
+    private var keepLogAfter: UInt64?
+
+    /// Whether a compacted copy is being written or waits to be put in place (writer-only).
+    var compactionUnderWay: Bool { copyJob != nil }
+
+    /// Compacting while the store runs, first half: when LMDB's file is worth it (at least
+    /// `policy.minFileBytes`, at most `policy.maxLivePercent` live and at most
+    /// `policy.maxLiveBytes`), starts writing the compacted copy of the latest snapshot on
+    /// a thread of its own and says true; changes go on meanwhile. `copied` runs on that
+    /// thread when the copy is done: then ``finishCompaction()`` puts it in place.
+    /// Writer-only, between batches.
+    func startCompaction(policy: Compaction, copied: @escaping @Sendable () -> Void) -> Bool {
+        guard copyJob == nil, checkpointFailure == nil else { return false }
+        var st = stat()
+        guard stat(directory + "/data.mdb", &st) == 0, Int(st.st_size) >= policy.minFileBytes,
+              Self.worthCompacting(env, fileBytes: Int(st.st_size), policy: policy) else { return false }
+        let job = CopyJob(before: Int(st.st_size), startBatch: batchNumber)
+        checkpointLock.withLock { keepLogAfter = job.startBatch }
+        copyJob = job
+        let (env, copy) = (env, directory + "/" + Self.compactName)
+        let thread = Thread {
+            do throws(StorageError) {
+                try env.writeCompactCopy(to: copy)
+                job.finish(.success(()))
+            } catch {
+                unlink(copy)
+                job.finish(.failure(error))
+            }
+            copied()
+        }
+        thread.start()
+        return true
+    }
+
+    /// Compacting while the store runs, second half, once the copy is written: the copy
+    /// takes the place of LMDB's file and the batches committed while it was written are
+    /// applied to it again from the redo log. Returns the file's sizes before and after
+    /// and how many batches were applied again, or nil when there is nothing to put in
+    /// place (no copy, or not done yet, or it failed: then it is dropped). Writer-only,
+    /// between batches; changes wait only for the swap, not for the copy.
+    ///
+    /// The order keeps a directory that opens whole after a crash at any step: the copy
+    /// is flushed (by its thread); LMDB's file is flushed (it opens whole without a
+    /// checkpoint); the `checkpoint` file goes; the copy is renamed in place and opened;
+    /// the tables open again; the copy's snapshot is checkpointed (the log still holds
+    /// every batch after it); the batches after it are applied. An error once the
+    /// `checkpoint` file is gone leaves a store that must be opened again.
+    func finishCompaction() throws(StorageError) -> (before: Int, after: Int, replayed: Int)? {
+        guard let job = copyJob, let outcome = job.outcome else { return nil }
+        copyJob = nil
         let path = directory + "/data.mdb"
         let copy = directory + "/" + Self.compactName
-        var st = stat()
-        guard stat(path, &st) == 0, Int(st.st_size) >= policy.minFileBytes else { return nil }
-        let before = Int(st.st_size)
-        guard Self.writeCompactCopyIfMostlyFree(env, fileBytes: before, policy: policy, to: copy) else { return nil }
+        checkpointLock.lock()
+        var locked = true
+        defer { if locked { checkpointLock.unlock() } }
+        keepLogAfter = nil
+        guard case .success = outcome, checkpointFailure == nil else {
+            unlink(copy)
+            return nil
+        }
+        // The batch the copy holds, and every one after it, from the log.
+        let copied: UInt64
+        let later: [LoggedBatch]
+        do throws(StorageError) {
+            guard let stored = try LMDBEnvironment.value(inFile: copy, table: "meta", key: Self.walBatchKey) else {
+                throw StorageError(.corrupt, "the compacted copy has no batch number")
+            }
+            copied = UInt64(bigEndianBytes: stored)
+            later = try log.batches(after: copied)
+            guard copied >= job.startBatch, copied + UInt64(later.count) == batchNumber else {
+                throw StorageError(.corrupt, "the redo log does not hold every batch after the copy's (\(copied)) up to \(batchNumber)")
+            }
+        } catch {
+            unlink(copy)
+            return nil
+        }
         do throws(StorageError) {
             try env.sync()
         } catch {
@@ -208,40 +288,88 @@ final class StoreEngine: @unchecked Sendable {
             guard unlink(directory + "/" + CheckpointFile.name) == 0 || errno == ENOENT, Self.fsyncDirectory(directory) else {
                 throw StorageError(.io, "cannot remove \(directory)/\(CheckpointFile.name): \(String(cString: strerror(errno)))")
             }
+            // Readers wait until the copy is caught up: the file's state must not go back
+            // from the last batch to the copy's and forward again under their eyes (a
+            // broker reading the ready tasks would hand out tasks already acked).
             try env.replaceFile(with: copy) { () throws(StorageError) in
                 guard try StoreTables(env: env) == t else {
                     throw StorageError(.corrupt, "the compacted store's tables did not open as before")
                 }
+                generation += 1
+                // The bounds stored in the copy are older than those the writer raised
+                // since: the batches applied again must raise them in the new file too.
+                try env.writerRead { (txn) throws(StorageError) in
+                    idLimit = try metaNumber("next_id", txn) ?? 1
+                    seqLimit = try metaNumber("next_seq", txn) ?? 1
+                }
+                try checkpoints.reopen()
+                let txnid = try env.pinLatestSnapshot()
+                guard let page = try env.metaPage(for: txnid) else {
+                    throw StorageError(.corrupt, "the meta page of transaction \(txnid) is not in the compacted file")
+                }
+                try checkpoints.write(Checkpoint(txnid: txnid, batch: copied, metaPage: page, generation: generation))
+                log.dataFlushed(through: copied)
+                // Applying a batch may take a checkpoint (when the map is full), which
+                // takes the checkpoint lock.
+                checkpointLock.unlock()
+                locked = false
+                try applyAgain(later)
             }
-            generation += 1
-            try checkpoints.reopen()
-            let txnid = try env.pinLatestSnapshot()
-            guard let page = try env.metaPage(for: txnid) else {
-                throw StorageError(.corrupt, "the meta page of transaction \(txnid) is not in the compacted file")
-            }
-            try checkpoints.write(Checkpoint(txnid: txnid, batch: batchNumber, metaPage: page, generation: generation))
         } catch {
             failureLock.withLock { persistFailure = persistFailure ?? error }
             throw error
         }
-        log.dataFlushed(through: batchNumber)
-        guard stat(path, &st) == 0 else { return (before, 0) }
-        return (before, Int(st.st_size))
+        var st = stat()
+        guard stat(path, &st) == 0 else { return (job.before, 0, later.count) }
+        return (job.before, Int(st.st_size), later.count)
     }
 
-    /// When at most half of a file of `fileBytes` is live in `env`, and at most
-    /// `policy.maxLiveBytes`, writes the compacted copy to `copy` and says true; false
-    /// when it is not worth it or the copy failed (then no copy is left).
+    /// Applies logged batches again, as they ran the first time (their clock, ids and
+    /// counters); the writer's counters end where they were, or past.
+    private func applyAgain(_ batches: [LoggedBatch]) throws(StorageError) {
+        let (startID, startSeq, deliveries) = (nextID, nextSeq, maxDeliveries)
+        for batch in batches {
+            for r in apply(batch.ops, replaying: batch) {
+                if case .failure(let e) = r {
+                    throw StorageError(.corrupt, "batch \(batch.number) of the redo log does not apply again: \(e.message)")
+                }
+            }
+        }
+        // Ids and seqs past the stored bounds may have gone to batches the log lost.
+        nextID = max(nextID, startID)
+        nextSeq = max(nextSeq, startSeq)
+        maxDeliveries = deliveries
+    }
+
+    /// Waits for a copy under way and drops it (at close).
+    func abandonCompaction() {
+        guard let job = copyJob else { return }
+        job.wait()
+        copyJob = nil
+        unlink(directory + "/" + Self.compactName)
+        checkpointLock.withLock { keepLogAfter = nil }
+    }
+
+    /// When a file of `fileBytes` is worth compacting under `policy` (see ``worthCompacting(_:fileBytes:policy:)``),
+    /// writes the compacted copy to `copy` and says true; false when it is not worth it
+    /// or the copy failed (then no copy is left).
     private static func writeCompactCopyIfMostlyFree(_ env: LMDBEnvironment, fileBytes: Int, policy: Compaction, to copy: String) -> Bool {
+        guard worthCompacting(env, fileBytes: fileBytes, policy: policy) else { return false }
         do throws(StorageError) {
-            let live = env.usedBytes - (try env.freeBytes())
-            guard live * 2 <= fileBytes, live <= policy.maxLiveBytes else { return false }
             try env.writeCompactCopy(to: copy)
             return true
         } catch {
             unlink(copy)
             return false
         }
+    }
+
+    /// Whether at most `policy.maxLivePercent` of a file of `fileBytes` is live in `env`,
+    /// and at most `policy.maxLiveBytes`.
+    private static func worthCompacting(_ env: LMDBEnvironment, fileBytes: Int, policy: Compaction) -> Bool {
+        guard let free = try? env.freeBytes() else { return false }
+        let live = env.usedBytes - free
+        return live * 100 <= fileBytes * policy.maxLivePercent && live <= policy.maxLiveBytes
     }
 
     private static func fsyncDirectory(_ directory: String) -> Bool {
@@ -259,18 +387,7 @@ final class StoreEngine: @unchecked Sendable {
     /// Returns how many batches it applied. Run once at open, before anything else.
     func replayLog() throws(StorageError) -> Int {
         let batches = try log.batches(after: batchNumber)
-        let (startID, startSeq, deliveries) = (nextID, nextSeq, maxDeliveries)
-        for batch in batches {
-            for r in apply(batch.ops, replaying: batch) {
-                if case .failure(let e) = r {
-                    throw StorageError(.corrupt, "batch \(batch.number) of the redo log does not apply again: \(e.message)")
-                }
-            }
-        }
-        // Ids and seqs past the stored bounds may have gone to batches the log lost.
-        nextID = max(nextID, startID)
-        nextSeq = max(nextSeq, startSeq)
-        maxDeliveries = deliveries
+        try applyAgain(batches)
         try checkpoint()
         try log.restart(through: batchNumber)
         return batches.count
@@ -309,7 +426,7 @@ final class StoreEngine: @unchecked Sendable {
             throw error
         }
         env.releasePins(before: snapshot.txnid)
-        log.dataFlushed(through: snapshot.batch)
+        log.dataFlushed(through: min(snapshot.batch, keepLogAfter ?? .max))
     }
 
     /// The error of the first checkpoint that failed to flush, if one did; every later
@@ -339,6 +456,7 @@ final class StoreEngine: @unchecked Sendable {
     /// Closes the environment and releases the data directory. Writer-side: call after
     /// the last write.
     func shutDown() {
+        abandonCompaction()
         env.close()
         if !lockReleased {
             lockReleased = true

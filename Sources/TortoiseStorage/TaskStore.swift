@@ -47,11 +47,13 @@ public final class TaskStore: @unchecked Sendable {
         /// ...unless more than this much of it is live (the copy delays the open).
         public var compactLiveAtMost: Int = 256 << 20
         /// While the store runs, how often it looks whether LMDB's file is worth compacting
-        /// (at least ``compactFilesFrom``, at most half live, and at most
-        /// ``compactLiveWhileRunningAtMost`` live). Nil: only at open.
+        /// (at least ``compactFilesFrom``, at most three quarters live, and at most
+        /// ``compactLiveWhileRunningAtMost`` live). The copy is written on a thread of its
+        /// own while changes go on; they wait only while it is put in place. Nil: only at open.
         public var compactCheckInterval: Duration? = .seconds(10)
-        /// The most live data compacted while the store runs (changes wait for the copy).
-        public var compactLiveWhileRunningAtMost: Int = 32 << 20
+        /// The most live data compacted while the store runs (the copy holds back the
+        /// reuse of free pages, and a growth of the map waits for it).
+        public var compactLiveWhileRunningAtMost: Int = 256 << 20
         /// Called on the writer's thread after a compaction while the store runs, with the
         /// file's sizes before and after and how long changes waited for it.
         public var compacted: (@Sendable (_ before: Int, _ after: Int, _ took: Duration) -> Void)?
@@ -92,6 +94,10 @@ public final class TaskStore: @unchecked Sendable {
     private var compactions = 0
     /// How many times LMDB's file was compacted while the store ran.
     public var compactionsWhileRunning: Int { haltLock.withLock { compactions } }
+    private var appliedAgain = 0
+    /// How many batches, committed while a compacted copy was written, were applied to
+    /// it again (for tests).
+    var batchesAppliedToCopies: Int { haltLock.withLock { appliedAgain } }
     private let haltLock = NSLock()
     private var haltError: StorageError?
     private let flusherCondition = NSCondition()
@@ -123,7 +129,8 @@ public final class TaskStore: @unchecked Sendable {
                                  })
         compactedAtOpen = engine.compactedAtOpen
         if let from = configuration.compactFilesFrom, let every = configuration.compactCheckInterval {
-            runningCompaction = (StoreEngine.Compaction(minFileBytes: from, maxLiveBytes: configuration.compactLiveWhileRunningAtMost), every)
+            runningCompaction = (StoreEngine.Compaction(minFileBytes: from, maxLiveBytes: configuration.compactLiveWhileRunningAtMost,
+                                                        maxLivePercent: 75), every)
         } else {
             runningCompaction = nil
         }
@@ -313,14 +320,28 @@ public final class TaskStore: @unchecked Sendable {
         }
     }
 
-    /// Compacts LMDB's file if it is worth it (between batches, on the writer's thread).
+    /// Compacts LMDB's file if it is worth it (between batches, on the writer's thread):
+    /// starts the copy, or puts a finished one in place.
     private func compactIfWorthIt() {
         guard let running = runningCompaction, haltedBy == nil else { return }
         do throws(StorageError) {
             let start = ContinuousClock.now
-            if let c = try engine.compactWhileRunning(policy: running.policy) {
-                haltLock.withLock { compactions += 1 }
-                compactedCallback?(c.before, c.after, ContinuousClock.now - start)
+            if engine.compactionUnderWay {
+                // Nil: not done yet, or the copy failed and was dropped (the next check
+                // tries again).
+                if let c = try engine.finishCompaction() {
+                    haltLock.withLock { compactions += 1; appliedAgain += c.replayed }
+                    compactedCallback?(c.before, c.after, ContinuousClock.now - start)
+                }
+            } else {
+                _ = engine.startCompaction(policy: running.policy) { [weak self] in
+                    // The copy is done: the writer puts it in place between two batches.
+                    guard let self else { return }
+                    self.writerCondition.lock()
+                    self.compactionWanted = true
+                    self.writerCondition.broadcast()
+                    self.writerCondition.unlock()
+                }
             }
         } catch {
             halt(StorageError(error.code, "compacting the store's file failed (\(error.message))"))

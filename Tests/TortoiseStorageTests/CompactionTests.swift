@@ -104,6 +104,124 @@ import TortoiseTestSupport
         again.close()
     }
 
+    /// The copy is written while changes go on; those made meanwhile are applied to it
+    /// before it takes the file's place, and are there after a reopen.
+    @Test func changesMadeWhileTheCopyIsWrittenAreKept() async throws {
+        let dir = freshDirectory()
+        var c = configuration(dir)
+        c.compactCheckInterval = nil
+        let store = try TaskStore(c)
+        // 4 MB that stay (the copy takes a while), 12 MB put and acked.
+        let payload = String(repeating: "k", count: 2000)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for w in 0..<16 {
+                group.addTask {
+                    for i in 0..<125 { _ = try await store.put("stays", "\(w)-\(i)-\(payload)") }
+                    for _ in 0..<375 { _ = try await store.put("backlog", payload) }
+                    while let t = try await store.take("backlog") { _ = try await store.perform(.ack(t.id)) }
+                }
+            }
+            try await group.waitForAll()
+        }
+        store.close()
+        let before = fileSize(dir)
+        #expect(before > 12 << 20, "\(before) bytes")
+        var running = configuration(dir)
+        running.compactCheckInterval = .milliseconds(10)
+        running.compactLiveAtMost = 0  // not at open: while running
+
+        let busy = try TaskStore(running)
+        #expect(busy.compactedAtOpen == nil)
+        let stays = try busy.readyIDs("stays")
+        #expect(stays.count == 2000)
+        // A reader all the while: only puts happen, so what it sees never shrinks (the
+        // file's state must not go back to the copy's while the copy catches up).
+        let watching = Task.detached {
+            var seen = 0
+            var shrank = 0
+            while !Task.isCancelled {
+                let now = try busy.readyIDs("during").count
+                if now < seen { shrank += 1 }
+                seen = max(seen, now)
+            }
+            return shrank
+        }
+        // Changes all the while, until a compaction is done.
+        let confirmed = try await withThrowingTaskGroup(of: [TaskID].self) { group in
+            for w in 0..<8 {
+                group.addTask {
+                    var ids: [TaskID] = []
+                    while busy.compactionsWhileRunning == 0 && ids.count < 20_000 {
+                        ids.append(try await busy.put("during", "\(w)-\(ids.count)"))
+                    }
+                    return ids
+                }
+            }
+            return try await group.reduce([], +)
+        }
+        watching.cancel()
+        #expect(try await watching.value == 0, "a reader saw the queue shrink")
+        #expect(busy.compactionsWhileRunning == 1)
+        #expect(busy.batchesAppliedToCopies > 0, "no change came while the copy was written")
+        #expect(fileSize(dir) * 2 < before, "\(before) -> \(fileSize(dir)) bytes")
+        #expect(try busy.readyIDs("during") == confirmed.sorted())
+        #expect(try busy.readyIDs("stays") == stays)
+        let next = try await busy.put("during", "after")
+        #expect(next > confirmed.max()!)
+        busy.close()
+        var plain = configuration(dir)
+        plain.compactFilesFrom = nil
+        let again = try TaskStore(plain)
+        #expect(try again.readyIDs("during") == confirmed.sorted() + [next])
+        #expect(try again.readyIDs("stays") == stays)
+        again.close()
+    }
+
+    /// Driven by hand (one thread is the writer): thousands of puts land after the copy
+    /// is written and before it is put in place, enough that the writer raised its stored
+    /// bound on ids meanwhile. The new file must hold the raised bound: a reopened store
+    /// that read the copy's older bound would hand out the same ids again.
+    @Test func idsHandedOutWhileTheCopyIsWrittenAreNotHandedOutAgain() throws {
+        let dir = freshDirectory()
+        let open = { () throws -> StoreEngine in
+            let e = try StoreEngine(directory: dir, options: .init(), maxDeliveries: 10, logFileSize: 256 << 10)
+            _ = try e.replayLog()
+            return e
+        }
+        let put = { (e: StoreEngine, n: Int) throws -> [TaskID] in
+            let ops = (0..<n).map { _ in StoreOperation.put(queue: "q", payload: Array("x".utf8)) }
+            return try e.apply(ops).map { r -> TaskID in
+                guard case .put(let id) = try r.get() else { throw StorageError(.io, "not a put") }
+                return id
+            }
+        }
+        var engine = try open()
+        // A file that is mostly free: 2 MB put and taken away again.
+        let big = [UInt8](repeating: 0x62, count: 2000)
+        for _ in 0..<10 {
+            let ids = try engine.apply((0..<100).map { _ in .put(queue: "big", payload: big) }).map { r -> TaskID in
+                guard case .put(let id) = try r.get() else { throw StorageError(.io, "not a put") }
+                return id
+            }
+            _ = engine.apply(ids.map { _ in .take(queue: "big") })
+            _ = engine.apply(ids.map { .ack($0) })
+        }
+        let copied = DispatchSemaphore(value: 0)
+        #expect(engine.startCompaction(policy: .init(minFileBytes: 0, maxLiveBytes: 1 << 30, maxLivePercent: 75)) { copied.signal() })
+        copied.wait()
+        var ids: [TaskID] = []
+        for _ in 0..<60 { ids += try put(engine, 100) }  // 6,000 ids: past one reservation (4,096)
+        let done = try engine.finishCompaction()
+        #expect(done?.replayed == 60)
+        try engine.checkpoint()
+        engine.shutDown()
+        engine = try open()
+        let next = try put(engine, 1)
+        #expect(next[0] > ids.max()!, "id \(next[0]) handed out again (the last one before was \(ids.max()!))")
+        #expect(try engine.read { (txn) throws(StorageError) in try txn.count(engine.t.ready) } == ids.count + 1)
+        engine.shutDown()
+    }
+
     @Test func aFileThatIsMostlyFreeIsCompactedAtOpenAndKeepsEverything() async throws {
         let dir = freshDirectory()
         let (kept, failed) = try await drainedStore(dir)

@@ -185,22 +185,50 @@ public final class LMDBEnvironment: @unchecked Sendable {
 
     /// Writes the latest snapshot without its free pages (`MDB_CP_COMPACT`: live pages
     /// renumbered from the front, transaction id 1) to a new file at `path`, and flushes it.
+    /// Any thread: it reads as a read transaction does (the map cannot move meanwhile),
+    /// and the writer may go on committing.
     func writeCompactCopy(to path: String) throws(StorageError) {
         let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o640)
         if fd < 0 { throw StorageError(.io, "cannot create \(path): \(String(cString: strerror(errno)))") }
         defer { _ = Glibc.close(fd) }
-        try check(mdb_env_copyfd2(handle, fd, UInt32(MDB_CP_COMPACT)), "writing a compacted copy of the store")
+        try resizeLock.withReadLock { () throws(StorageError) in
+            if isClosed { throw StorageError(.closed, "the store is closed") }
+            try check(mdb_env_copyfd2(handle, fd, UInt32(MDB_CP_COMPACT)), "writing a compacted copy of the store")
+        }
         guard fdatasync(fd) == 0 else { throw StorageError(.io, "cannot flush \(path): \(String(cString: strerror(errno)))") }
+    }
+
+    /// The value under `key` in the table `table` of the LMDB file at `path` (one that no
+    /// environment of this process has open), read without a lock file.
+    static func value(inFile path: String, table: String, key: [UInt8]) throws(StorageError) -> [UInt8]? {
+        var created: OpaquePointer?
+        try check(mdb_env_create(&created), "creating an LMDB environment")
+        guard let env = created else { throw StorageError(.io, "mdb_env_create returned no environment") }
+        defer { mdb_env_close(env) }
+        try check(mdb_env_set_maxdbs(env, 32), "setting the table count")
+        try check(mdb_env_open(env, path, UInt32(MDB_NOSUBDIR | MDB_RDONLY | MDB_NOLOCK | MDB_NOTLS), 0o640), "opening \(path)")
+        return try Self.read(env, table: table, key: key)
+    }
+
+    private static func read(_ env: OpaquePointer, table: String, key: [UInt8]) throws(StorageError) -> [UInt8]? {
+        let txn = try LMDBTransaction(env: env, parent: nil, readOnly: true)
+        var dbi: MDB_dbi = 0
+        let rc = mdb_dbi_open(txn.handle, table, 0, &dbi)
+        if rc == MDB_NOTFOUND { return nil }
+        try check(rc, "opening table \(table)")
+        return try txn.get(LMDBDatabase(dbi: dbi), key)
     }
 
     /// Puts the file at `copy` (a compacted copy, flushed) in place of `data.mdb` and
     /// opens it, while no read transaction runs: the pins go, the old environment closes,
     /// the copy is renamed over the file (the directory flushed), the new one opens with
-    /// the same map size, and `reopenTables` runs before any reader may start (opened
-    /// again in the same order, the tables get the same handles). Call from the writer,
-    /// between write transactions. If it fails once the old environment is closed, the
-    /// environment stays closed.
-    func replaceFile(with copy: String, reopenTables: () throws(StorageError) -> Void) throws(StorageError) {
+    /// the same map size, and `ready` runs before any reader may start: it opens the
+    /// tables again (in the same order they get the same handles) and may write, so that
+    /// readers see the new file only once it is caught up. Inside `ready` the writer's
+    /// own calls (``grow(limit:)``, ``freeBytes()``, ``writerRead(_:)``) do not wait for
+    /// the lock it holds. Call from the writer, between write transactions. If it fails
+    /// once the old environment is closed, the environment stays closed.
+    func replaceFile(with copy: String, ready: () throws(StorageError) -> Void) throws(StorageError) {
         try resizeLock.withWriteLock { () throws(StorageError) in
             if isClosed { throw StorageError(.closed, "the store is closed") }
             releasePins(before: .max)
@@ -228,14 +256,32 @@ public final class LMDBEnvironment: @unchecked Sendable {
             }
             handle = env
             isClosed = false
+            writerInside = true
+            defer { writerInside = false }
             do throws(StorageError) {
-                try reopenTables()
+                try ready()
             } catch {
                 isClosed = true
+                releasePins(before: .max)
                 mdb_env_close(env)
                 throw error
             }
         }
+    }
+
+    /// True while the writer runs ``replaceFile(with:ready:)``'s `ready`, holding the
+    /// write side of `resizeLock` (writer-only).
+    private var writerInside = false
+
+    /// A read transaction for the writer's thread (see ``replaceFile(with:ready:)``).
+    func writerRead<R>(_ body: (borrowing LMDBTransaction) throws(StorageError) -> R) throws(StorageError) -> R {
+        if writerInside {
+            let txn = try LMDBTransaction(env: handle, parent: nil, readOnly: true)
+            let result = try body(txn)
+            txn.abort()
+            return result
+        }
+        return try withReadTransaction(body)
     }
 
     /// Flushes everything committed so far to disk (`fdatasync`).
@@ -257,12 +303,13 @@ public final class LMDBEnvironment: @unchecked Sendable {
         return (info.me_last_pgno + 1) * Int(stat.ms_psize)
     }
 
-    /// Bytes on LMDB's free list (pages a later write can reuse), read from its free-page table.
+    /// Bytes on LMDB's free list (pages a later write can reuse), read from its free-page
+    /// table. Writer-only, or before the store runs.
     public func freeBytes() throws(StorageError) -> Int {
         var stat = MDB_stat()
         mdb_env_stat(handle, &stat)
         let pageSize = Int(stat.ms_psize)
-        return try withReadTransaction { (txn) throws(StorageError) -> Int in
+        return try writerRead { (txn) throws(StorageError) -> Int in
             try txn.withCursor(LMDBDatabase(dbi: 0)) { (c) throws(StorageError) -> Int in
                 var pages = 0
                 var e = try c.first()
@@ -285,8 +332,12 @@ public final class LMDBEnvironment: @unchecked Sendable {
         let limit = limit ?? maxMapSize
         guard mapSize < limit else { return false }
         let newSize = min(limit, mapSize * 2)
-        try resizeLock.withWriteLock { () throws(StorageError) in
+        if writerInside {
             try check(mdb_env_set_mapsize(handle, newSize), "growing the map to \(newSize) bytes")
+        } else {
+            try resizeLock.withWriteLock { () throws(StorageError) in
+                try check(mdb_env_set_mapsize(handle, newSize), "growing the map to \(newSize) bytes")
+            }
         }
         mapSize = newSize
         return true
