@@ -52,10 +52,9 @@ final class StoreEngine: @unchecked Sendable {
     struct Compaction: Sendable {
         /// Smaller files are left as they are.
         var minFileBytes: Int
-        /// Files with more live data than this are left as they are (the copy delays the open).
+        /// Files with more live data than this are left as they are (the copy delays the
+        /// open; while running, changes wait for the copy to catch up).
         var maxLiveBytes: Int
-        /// Files of which more than this share (in percent) is live are left as they are.
-        var maxLivePercent: Int = 50
     }
 
     /// The data directory.
@@ -207,7 +206,7 @@ final class StoreEngine: @unchecked Sendable {
     var compactionUnderWay: Bool { copyJob != nil }
 
     /// Compacting while the store runs, first half: when LMDB's file is worth it (at least
-    /// `policy.minFileBytes`, at most `policy.maxLivePercent` live and at most
+    /// `policy.minFileBytes`, at most half live and at most
     /// `policy.maxLiveBytes`), starts writing the compacted copy of the latest snapshot on
     /// a thread of its own and says true; changes go on meanwhile. `copied` runs on that
     /// thread when the copy is done: then ``finishCompaction()`` puts it in place.
@@ -364,12 +363,12 @@ final class StoreEngine: @unchecked Sendable {
         }
     }
 
-    /// Whether at most `policy.maxLivePercent` of a file of `fileBytes` is live in `env`,
-    /// and at most `policy.maxLiveBytes`.
+    /// Whether at most half of a file of `fileBytes` is live in `env`, and at most
+    /// `policy.maxLiveBytes`.
     private static func worthCompacting(_ env: LMDBEnvironment, fileBytes: Int, policy: Compaction) -> Bool {
         guard let free = try? env.freeBytes() else { return false }
         let live = env.usedBytes - free
-        return live * 100 <= fileBytes * policy.maxLivePercent && live <= policy.maxLiveBytes
+        return live * 2 <= fileBytes && live <= policy.maxLiveBytes
     }
 
     private static func fsyncDirectory(_ directory: String) -> Bool {

@@ -47,13 +47,15 @@ public final class TaskStore: @unchecked Sendable {
         /// ...unless more than this much of it is live (the copy delays the open).
         public var compactLiveAtMost: Int = 256 << 20
         /// While the store runs, how often it looks whether LMDB's file is worth compacting
-        /// (at least ``compactFilesFrom``, at most three quarters live, and at most
+        /// (at least ``compactFilesFrom``, at most half live, and at most
         /// ``compactLiveWhileRunningAtMost`` live). The copy is written on a thread of its
-        /// own while changes go on; they wait only while it is put in place. Nil: only at open.
+        /// own while changes go on; they wait only while it is put in place and caught up
+        /// with them. Nil: only at open.
         public var compactCheckInterval: Duration? = .seconds(10)
-        /// The most live data compacted while the store runs (the copy holds back the
-        /// reuse of free pages, and a growth of the map waits for it).
-        public var compactLiveWhileRunningAtMost: Int = 256 << 20
+        /// The most live data compacted while the store runs: the longer the copy takes,
+        /// the more batches it must catch up with while changes wait (and a growth of the
+        /// map waits for the copy).
+        public var compactLiveWhileRunningAtMost: Int = 64 << 20
         /// Called on the writer's thread after a compaction while the store runs, with the
         /// file's sizes before and after and how long changes waited for it.
         public var compacted: (@Sendable (_ before: Int, _ after: Int, _ took: Duration) -> Void)?
@@ -129,8 +131,7 @@ public final class TaskStore: @unchecked Sendable {
                                  })
         compactedAtOpen = engine.compactedAtOpen
         if let from = configuration.compactFilesFrom, let every = configuration.compactCheckInterval {
-            runningCompaction = (StoreEngine.Compaction(minFileBytes: from, maxLiveBytes: configuration.compactLiveWhileRunningAtMost,
-                                                        maxLivePercent: 75), every)
+            runningCompaction = (StoreEngine.Compaction(minFileBytes: from, maxLiveBytes: configuration.compactLiveWhileRunningAtMost), every)
         } else {
             runningCompaction = nil
         }

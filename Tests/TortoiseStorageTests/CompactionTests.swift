@@ -207,7 +207,7 @@ import TortoiseTestSupport
             _ = engine.apply(ids.map { .ack($0) })
         }
         let copied = DispatchSemaphore(value: 0)
-        #expect(engine.startCompaction(policy: .init(minFileBytes: 0, maxLiveBytes: 1 << 30, maxLivePercent: 75)) { copied.signal() })
+        #expect(engine.startCompaction(policy: .init(minFileBytes: 0, maxLiveBytes: 1 << 30)) { copied.signal() })
         copied.wait()
         var ids: [TaskID] = []
         for _ in 0..<60 { ids += try put(engine, 100) }  // 6,000 ids: past one reservation (4,096)
