@@ -63,6 +63,22 @@ final class Broker: @unchecked Sendable {
     /// writes (whose completions never stop coming) cannot keep other clients waiting.
     private static let completionsPerPass = 256
 
+    /// Loop-only: whether a pass of completions runs, and the connections whose replies
+    /// wait for its end.
+    private var inCompletionPass = false
+    private var repliesDeferred: [ConnectionHandler] = []
+
+    /// During a completion pass: notes that `c` has replies to write at the end of the
+    /// pass and says true. Otherwise false: the caller writes them now.
+    func deferReplies(of c: ConnectionHandler) -> Bool {
+        guard inCompletionPass else { return false }
+        if !c.repliesDeferred {
+            c.repliesDeferred = true
+            repliesDeferred.append(c)
+        }
+        return true
+    }
+
     private func completed(_ work: @escaping @Sendable () -> Void) {
         let schedule = completions.withLockedValue { state -> Bool in
             state.work.append(work)
@@ -81,7 +97,12 @@ final class Broker: @unchecked Sendable {
             if state.work.isEmpty { state.scheduled = false }
             return batch
         }
+        inCompletionPass = true
         for work in batch { work() }
+        inCompletionPass = false
+        let deferred = repliesDeferred
+        repliesDeferred = []
+        for c in deferred { c.flushDeferredReplies() }
         let more = completions.withLockedValue { !$0.work.isEmpty && $0.scheduled }
         if more {
             // A timed task, so the loop polls for I/O before the next pass.

@@ -188,6 +188,19 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
 
     private func fill(_ slot: ReplyQueue.Slot, _ frame: ServerFrame) {
         slot.frame = frame
+        // In a pass over store completions (a group commit confirms many commands at
+        // once), the replies are written once at the end of the pass: one buffer and
+        // one write to the socket per connection, not one per reply.
+        if broker.deferReplies(of: self) { return }
+        flushReplies()
+    }
+
+    /// Set while this connection waits for the end of the broker's completion pass.
+    var repliesDeferred = false
+
+    /// Writes the replies that came during a completion pass (called by the broker).
+    func flushDeferredReplies() {
+        repliesDeferred = false
         flushReplies()
     }
 
