@@ -18,6 +18,9 @@ public final class TortoiseServer: Sendable {
     /// The address the server listens on.
     public var localAddress: SocketAddress? { channel.localAddress }
 
+    /// A size for the log, in MiB with one decimal.
+    private static func mib(_ bytes: Int) -> String { String(format: "%.1f MiB", Double(bytes) / 1_048_576) }
+
     /// Opens the store and starts listening.
     public static func start(_ config: ServerConfiguration, logger: Logger) async throws -> TortoiseServer {
         var storeConfig = TaskStore.Configuration(directory: config.dataDirectory)
@@ -27,9 +30,8 @@ public final class TortoiseServer: Sendable {
         storeConfig.compactFilesFrom = config.compactFilesFrom
         storeConfig.compactCheckInterval = config.compactCheckSeconds.map { .milliseconds(Int64(($0 * 1000).rounded())) }
         storeConfig.compacted = { [logger] before, after, took in
-            let mib = { (bytes: Int) in String(format: "%.1f MiB", Double(bytes) / 1_048_576) }
             let ms = Double(took.components.attoseconds) / 1e15 + Double(took.components.seconds) * 1000
-            logger.info("compacted the store's file from \(mib(before)) to \(mib(after)) while running, in \(Int(ms)) ms (most of it was free)")
+            logger.info("compacted the store's file from \(Self.mib(before)) to \(Self.mib(after)) while running, in \(Int(ms)) ms (most of it was free)")
         }
         storeConfig.halted = { [logger, storeHalted = config.storeHalted] error in
             logger.critical("the disk failed a flush; every change is refused from now on: \(error.message)")
@@ -37,8 +39,7 @@ public final class TortoiseServer: Sendable {
         }
         let store = try TaskStore(storeConfig)
         if let c = store.compactedAtOpen {
-            let mib = { (bytes: Int) in String(format: "%.1f MiB", Double(bytes) / 1_048_576) }
-            logger.info("compacted the store's file from \(mib(c.before)) to \(mib(c.after)) (most of it was free)")
+            logger.info("compacted the store's file from \(Self.mib(c.before)) to \(Self.mib(c.after)) (most of it was free)")
         }
         if store.replayedAtOpen > 0 {
             logger.info("applied \(store.replayedAtOpen) group commits from the redo log that the store's file did not have yet")

@@ -56,6 +56,12 @@ final class CheckpointFile {
         slotTxnids = [0, 0]
     }
 
+    /// Removes the `checkpoint` file of `directory` (if there is one) and flushes the
+    /// directory; false when either fails. LMDB's file then opens as it is.
+    static func remove(in directory: String) -> Bool {
+        (unlink(directory + "/" + name) == 0 || errno == ENOENT) && fsyncDirectory(directory)
+    }
+
     /// The newest whole checkpoint in `directory`, if any (read before LMDB opens).
     static func latest(in directory: String, pageSize: Int) -> Checkpoint? {
         guard access(directory + "/" + name, F_OK) == 0, let file = try? CheckpointFile(directory: directory, pageSize: pageSize) else { return nil }

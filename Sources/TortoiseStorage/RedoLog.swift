@@ -131,8 +131,7 @@ final class RedoLog: @unchecked Sendable {
                 guard fsync(fd) == 0 else { throw Self.failure("cannot flush", path) }
             }
         }
-        let dfd = open(directory, O_RDONLY | O_CLOEXEC)
-        if dfd >= 0 { _ = fsync(dfd); _ = close(dfd) }
+        _ = fsyncDirectory(directory)
     }
 
     deinit {

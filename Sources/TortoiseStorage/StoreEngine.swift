@@ -70,8 +70,7 @@ final class StoreEngine: @unchecked Sendable {
             // The new directory's own entry must be on disk before anything in it counts
             // as durable (the files' entries are flushed once the redo log exists).
             let parent = directory.contains("/") ? String(directory[..<directory.lastIndex(of: "/")!]) : "."
-            let pfd = open(parent.isEmpty ? "/" : parent, O_RDONLY | O_CLOEXEC)
-            if pfd >= 0 { _ = fsync(pfd); _ = close(pfd) }
+            _ = fsyncDirectory(parent.isEmpty ? "/" : parent)
         } else if errno != EEXIST {
             throw StorageError(.io, "cannot create the data directory \(directory): \(String(cString: strerror(errno)))")
         }
@@ -173,7 +172,7 @@ final class StoreEngine: @unchecked Sendable {
         let copied = writeCompactCopyIfMostlyFree(probe, fileBytes: before, policy: policy, to: copy)
         probe.close()
         guard copied else { return nil }
-        guard unlink(directory + "/" + CheckpointFile.name) == 0 || errno == ENOENT, fsyncDirectory(directory) else {
+        guard CheckpointFile.remove(in: directory) else {
             unlink(copy)
             return nil
         }
@@ -284,7 +283,7 @@ final class StoreEngine: @unchecked Sendable {
             throw error
         }
         do throws(StorageError) {
-            guard unlink(directory + "/" + CheckpointFile.name) == 0 || errno == ENOENT, Self.fsyncDirectory(directory) else {
+            guard CheckpointFile.remove(in: directory) else {
                 throw StorageError(.io, "cannot remove \(directory)/\(CheckpointFile.name): \(String(cString: strerror(errno)))")
             }
             // Readers wait until the copy is caught up: the file's state must not go back
@@ -369,13 +368,6 @@ final class StoreEngine: @unchecked Sendable {
         guard let free = try? env.freeBytes() else { return false }
         let live = env.usedBytes - free
         return live * 2 <= fileBytes && live <= policy.maxLiveBytes
-    }
-
-    private static func fsyncDirectory(_ directory: String) -> Bool {
-        let fd = open(directory, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return false }
-        defer { _ = close(fd) }
-        return fsync(fd) == 0
     }
 
     /// The number of the last batch committed, for the background flush of LMDB's file.

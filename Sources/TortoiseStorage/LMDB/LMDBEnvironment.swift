@@ -238,10 +238,7 @@ public final class LMDBEnvironment: @unchecked Sendable {
             guard rename(copy, path) == 0 else {
                 throw StorageError(.io, "cannot put the compacted copy in place of \(path): \(String(cString: strerror(errno)))")
             }
-            let dfd = open(directory, O_RDONLY | O_CLOEXEC)
-            let flushed = dfd >= 0 && fsync(dfd) == 0
-            if dfd >= 0 { _ = Glibc.close(dfd) }
-            guard flushed else { throw StorageError(.io, "cannot flush the directory \(directory)") }
+            guard fsyncDirectory(directory) else { throw StorageError(.io, "cannot flush the directory \(directory)") }
             var env: OpaquePointer?
             try check(mdb_env_create(&env), "creating the LMDB environment")
             guard let env else { throw StorageError(.io, "mdb_env_create returned no environment") }
