@@ -61,17 +61,18 @@ struct RabbitScaleBench: ParsableCommand {
         print("RabbitMQ: drained \(consumed) messages with 8 consumers in \(String(format: "%.1f", secs)) s (\(Int(Double(consumed) / secs)) /s)")
         print("RabbitMQ: memory after the drain: \(memory(settle: 5))")
 
-        var consumers: [RabbitConsumer] = []
-        let c0 = DispatchTime.now()
-        for i in 0..<workers { consumers.append(try RabbitConsumer(port: port, queue: "many\(i % queues)")) }
-        for q in 0..<queues {
-            let p = try RabbitProducer(port: port, queue: "many\(q)")
-            try p.put(Array("task \(q)".utf8))
-        }
-        var got = 0
-        for c in consumers { if let (h, _) = try c.next(timeout: 0.01) { try c.ack(h); got += 1 } }
-        let connSecs = elapsedSeconds(since: c0)
-        let many = ScaleBench.memory(pid)
-        print("RabbitMQ: \(workers) consumer connections on \(queues) queues: \(got) of \(queues) messages delivered; set-up and delivery \(String(format: "%.1f", connSecs)) s; anonymous RSS \(mib(many.anon))")
+        let (many, keepAlive) = try ManyConnections.measure(workers: workers, queues: queues, connect: { i in
+            let c = try RabbitConsumer(port: port, queue: "many\(i % queues)")
+            return (c.client.fd, {
+                guard let (h, _) = try c.next(timeout: 1) else { return false }
+                try c.ack(h)
+                return true
+            })
+        }, put: { q in
+            try RabbitProducer(port: port, queue: "many\(q)").put(Array("task \(q)".utf8))
+        })
+        let rss = ScaleBench.memory(pid)
+        print(many.summary(workers: workers, queues: queues, broker: "RabbitMQ: ") + "; anonymous RSS \(mib(rss.anon))")
+        withExtendedLifetime(keepAlive) {}
     }
 }

@@ -102,18 +102,20 @@ struct ScaleBench: AsyncParsableCommand {
         print("memory after the drain: anonymous RSS \(mib(drained.anon)) (total RSS \(mib(drained.total)))")
 
         // Many queues and connections at once.
-        var sockets: [TortoiseConsumer] = []
-        let c0 = DispatchTime.now()
-        for i in 0..<workers { sockets.append(try TortoiseConsumer(port: b.port, queue: "many\(i % queues)")) }
-        for q in 0..<queues {
-            let p = try TortoiseProducer(port: b.port, queue: "many\(q)")
-            try p.put(Array("task \(q)".utf8))
-        }
-        var got = 0
-        for s in sockets { if let (h, _) = try s.next(timeout: 0.01) { try s.ack(h); got += 1 } }
-        let connSecs = elapsedSeconds(since: c0)
-        let many = Self.memory(b.process.processIdentifier)
-        print("\(workers) worker connections on \(queues) queues: \(got) of \(queues) tasks delivered; set-up and delivery \(String(format: "%.1f", connSecs)) s; anonymous RSS \(mib(many.anon))")
+        let (many, keepAlive) = try ManyConnections.measure(workers: workers, queues: queues, connect: { i in
+            let s = try TortoiseConsumer(port: b.port, queue: "many\(i % queues)")
+            try s.finish() // the SUB's OK
+            return (s.socket.fd, {
+                guard let (h, _) = try s.next(timeout: 1) else { return false }
+                try s.ack(h)
+                return true
+            })
+        }, put: { q in
+            try TortoiseProducer(port: b.port, queue: "many\(q)").put(Array("task \(q)".utf8))
+        })
+        let rss = Self.memory(b.process.processIdentifier)
+        print(many.summary(workers: workers, queues: queues, broker: "") + "; anonymous RSS \(mib(rss.anon))")
+        withExtendedLifetime(keepAlive) {}
         stop(b)
     }
 

@@ -5,6 +5,8 @@ import Foundation
 /// `basic.qos` prefetch 1 and manual acks. Channel 1 only; heartbeats off.
 final class AMQPClient {
     private let socket: BlockingSocket
+    /// The connection's socket, to wait on with poll(2).
+    var fd: Int32 { socket.fd }
     private var nextTag: UInt64 = 1
     /// Publisher confirms not yet received (delivery tags).
     private(set) var unconfirmed = Set<UInt64>()
