@@ -79,6 +79,10 @@ final class BlockingSocket: @unchecked Sendable { // each one is used by one thr
         }
     }
 
+    /// Whether bytes already read from the socket wait in the buffer (poll(2) does not
+    /// see them).
+    var hasBufferedBytes: Bool { end > start }
+
     /// Exactly `n` bytes.
     func read(_ n: Int) throws -> [UInt8] {
         while end - start < n { try fill() }
