@@ -11,6 +11,25 @@ struct Dispatcher {
         var idle = CircularBuffer<(worker: ConnectionHandler, epoch: UInt64)>()
         /// Connected workers subscribed.
         var workers = 0
+
+        mutating func markIdle(_ worker: ConnectionHandler, epoch: UInt64) {
+            idle.append((worker, epoch))
+            if idle.count > 2 * workers + 8 {
+                // Compact: keep only the entries still valid.
+                idle = CircularBuffer(idle.filter { $0.worker.isIdle(epoch: $0.epoch) })
+            }
+        }
+
+        mutating func claim() -> ConnectionHandler? {
+            guard available > 0 else { return nil }
+            while let entry = idle.popFirst() {
+                if entry.worker.isIdle(epoch: entry.epoch) {
+                    available -= 1
+                    return entry.worker
+                }
+            }
+            return nil
+        }
     }
 
     private(set) var queues: [String: QueueState] = [:]
@@ -39,28 +58,15 @@ struct Dispatcher {
 
     /// Records that `worker` is idle for `queue` from now.
     mutating func markIdle(_ worker: ConnectionHandler, epoch: UInt64, in queue: String) {
-        var q = queues[queue, default: QueueState()]
-        q.idle.append((worker, epoch))
-        if q.idle.count > 2 * q.workers + 8 {
-            // Compact: keep only the entries still valid.
-            q.idle = CircularBuffer(q.idle.filter { $0.worker.isIdle(epoch: $0.epoch) })
-        }
-        queues[queue] = q
+        // Changed in place: a copy of the state would share the idle line's storage, and
+        // the append would then copy the whole line (every worker of the queue).
+        queues[queue, default: QueueState()].markIdle(worker, epoch: epoch)
     }
 
     /// The longest-idle worker of `queue` when it has an available task: both are
     /// claimed (the caller takes the task for the worker).
     mutating func claim(_ queue: String) -> ConnectionHandler? {
-        guard var q = queues[queue], q.available > 0 else { return nil }
-        while let entry = q.idle.popFirst() {
-            if entry.worker.isIdle(epoch: entry.epoch) {
-                q.available -= 1
-                queues[queue] = q
-                return entry.worker
-            }
-        }
-        queues[queue] = q
-        return nil
+        queues[queue]?.claim() ?? nil
     }
 
     private mutating func dropIfEmpty(_ queue: String) {
