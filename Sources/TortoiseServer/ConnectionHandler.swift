@@ -135,26 +135,32 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
     }
 
     private func processInbound() {
-        inReadLoop = true
         var handled = 0
-        while !stopParsing && !throttled, handled < Self.commandsPerTurn, let result = parser.next(from: &inbound) {
-            handled += 1
-            switch result {
-            case .success(let command): handle(command)
-            case .failure(let error):
-                if error.closes { stopParsing = true }
-                replyNow(.error(error), closeAfter: error.closes)
+        while true {
+            inReadLoop = true
+            while !stopParsing && !throttled, handled < Self.commandsPerTurn, let result = parser.next(from: &inbound) {
+                handled += 1
+                switch result {
+                case .success(let command): handle(command)
+                case .failure(let error):
+                    if error.closes { stopParsing = true }
+                    replyNow(.error(error), closeAfter: error.closes)
+                }
             }
+            inReadLoop = false
+            guard needsDrain else { break }
+            needsDrain = false
+            // Replies answered at once may have filled the window of pending replies: once
+            // they are written, the commands already read go on (no read may be coming to
+            // restart them: the client may be waiting for these very replies).
+            let wasThrottled = throttled
+            flushReplies(resumeReading: false)
+            guard wasThrottled, !throttled, !stopParsing, handled < Self.commandsPerTurn, inbound.readableBytes > 0 else { break }
         }
         if inbound.readableBytes == 0 {
             inbound.clear()
         } else if inbound.readerIndex > 65536 && inbound.readerIndex > inbound.readableBytes {
             inbound.discardReadBytes()
-        }
-        inReadLoop = false
-        if needsDrain {
-            needsDrain = false
-            flushReplies(resumeReading: false)
         }
         if needsFlush, let context {
             needsFlush = false

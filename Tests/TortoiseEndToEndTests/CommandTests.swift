@@ -40,6 +40,22 @@ import TortoiseProtocol
         #expect(try ReplyJSON.decode(StatsReply.self, from: body).queues["q"]?.ready == 201)
     }
 
+    @Test func aLongPipelineOfCommandsAnsweredAtOnceIsAnsweredWhole() throws {
+        // Far more commands than the broker keeps replies pending for (256), each answered
+        // without the store, sent in one go before the client reads anything.
+        let broker = try BrokerProcess()
+        let c = try broker.client()
+        var batch = ""
+        for i in 0..<1000 { batch += "PING\r\nSUB s\(i)\r\nTOUCH \(i + 1)\r\n" }
+        c.send(batch)
+        for i in 0..<1000 {
+            #expect(try c.frame(timeout: 5) == .ok(["PONG"]), "PING \(i)")
+            #expect(try c.frame(timeout: 5) == .ok([]), "SUB \(i)")
+            #expect(try c.frame(timeout: 5).errorCode == "NOT_FOUND", "TOUCH \(i)")
+        }
+        #expect(try c.call("PING") == .ok(["PONG"]))
+    }
+
     @Test func badInputGetsClearErrorsAndTheConnectionStaysUsable() throws {
         let broker = try BrokerProcess(arguments: ["--max-body", "100"])
         let c = try broker.client()
