@@ -24,7 +24,10 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
     private var needsDrain = false
 
     // Worker state.
-    private(set) var subscriptions: [String] = []
+    /// The queues this connection works on, in the order it subscribed (the order in
+    /// which it looks for its next task), and the same as a set.
+    private(set) var subscriptions: [Dispatcher.QueueState] = []
+    private var subscribed = Set<String>()
     private var held: TaskID?
     private var heldTimer: Scheduled<Void>?
     private var epoch: UInt64 = 0
@@ -296,12 +299,10 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
                 }
             }
         case .sub(let queue):
-            if !subscriptions.contains(queue) {
-                subscriptions.append(queue)
-                broker.dispatcher.subscribe(queue)
-                if held == nil {
-                    broker.dispatcher.markIdle(self, epoch: epoch, in: queue)
-                }
+            if subscribed.insert(queue).inserted {
+                let q = broker.dispatcher.subscribe(queue)
+                subscriptions.append(q)
+                if held == nil { q.markIdle(self, epoch: epoch) }
             }
             replyNow(.ok([]))
             broker.dispatch(queue)
@@ -446,9 +447,10 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
     func becomeIdle() {
         guard !closed, !subscriptions.isEmpty, held == nil else { return }
         epoch &+= 1
-        for q in subscriptions { broker.dispatcher.markIdle(self, epoch: epoch, in: q) }
-        for q in subscriptions {
-            broker.dispatch(q)
+        for q in subscriptions { q.markIdle(self, epoch: epoch) }
+        // Only a queue with tasks to hand out is worth a look.
+        for q in subscriptions where q.available > 0 {
+            broker.dispatch(q.name)
             if held != nil { break }
         }
     }
@@ -501,6 +503,10 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
             broker.release(id)
         }
         for q in subscriptions { broker.dispatcher.unsubscribe(q) }
+        // The queues' idle lines may still name this connection: let go of the queues so
+        // that neither keeps the other alive.
+        subscriptions = []
+        subscribed = []
         broker.unregister(self)
     }
 

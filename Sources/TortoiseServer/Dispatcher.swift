@@ -4,15 +4,31 @@ import TortoiseStorage
 /// Which worker gets which task: per queue, the tasks the broker may hand out and the
 /// idle workers, longest idle first. Confined to the broker's event loop.
 struct Dispatcher {
-    struct QueueState {
+    /// One queue's state. A reference: each worker keeps the states of its queues at
+    /// hand, so that becoming idle looks nothing up by name, and a change never copies
+    /// the idle line.
+    final class QueueState {
+        let name: String
         /// Ready tasks known to be durable, which the broker may take.
         var available = 0
         /// Workers in the order they became idle; stale entries are skipped.
-        var idle = CircularBuffer<(worker: ConnectionHandler, epoch: UInt64)>()
+        private var idle = CircularBuffer<(worker: ConnectionHandler, epoch: UInt64)>()
         /// Connected workers subscribed.
         var workers = 0
 
-        mutating func markIdle(_ worker: ConnectionHandler, epoch: UInt64) {
+        init(name: String) {
+            self.name = name
+        }
+
+        /// Records that `worker` is idle from now.
+        func markIdle(_ worker: ConnectionHandler, epoch: UInt64) {
+            // Last in line already (no one became idle here since): it stays there, as it
+            // is the latest to become idle again. A worker alone on a queue never grows
+            // the line.
+            if let last = idle.indices.last, idle[last].worker === worker {
+                idle[last].epoch = epoch
+                return
+            }
             idle.append((worker, epoch))
             if idle.count > 2 * workers + 8 {
                 // Compact: keep only the entries still valid.
@@ -20,7 +36,9 @@ struct Dispatcher {
             }
         }
 
-        mutating func claim() -> ConnectionHandler? {
+        /// The longest-idle worker when there is an available task: both are claimed
+        /// (the caller takes the task for the worker).
+        func claim() -> ConnectionHandler? {
             guard available > 0 else { return nil }
             while let entry = idle.popFirst() {
                 if entry.worker.isIdle(epoch: entry.epoch) {
@@ -34,42 +52,36 @@ struct Dispatcher {
 
     private(set) var queues: [String: QueueState] = [:]
 
-    subscript(queue: String) -> QueueState {
-        get { queues[queue] ?? QueueState() }
-        set { queues[queue] = newValue }
+    private mutating func state(_ queue: String) -> QueueState {
+        if let q = queues[queue] { return q }
+        let q = QueueState(name: queue)
+        queues[queue] = q
+        return q
     }
 
     mutating func addAvailable(_ queue: String, _ n: Int) {
-        queues[queue, default: QueueState()].available += n
+        state(queue).available += n
     }
 
-    mutating func resetAvailable(_ queue: String) {
+    func resetAvailable(_ queue: String) {
         queues[queue]?.available = 0
     }
 
-    mutating func subscribe(_ queue: String) {
-        queues[queue, default: QueueState()].workers += 1
+    /// Counts a worker of `queue`; the state returned stays the queue's while it has one.
+    mutating func subscribe(_ queue: String) -> QueueState {
+        let q = state(queue)
+        q.workers += 1
+        return q
     }
 
-    mutating func unsubscribe(_ queue: String) {
-        queues[queue, default: QueueState()].workers -= 1
-        dropIfEmpty(queue)
-    }
-
-    /// Records that `worker` is idle for `queue` from now.
-    mutating func markIdle(_ worker: ConnectionHandler, epoch: UInt64, in queue: String) {
-        // Changed in place: a copy of the state would share the idle line's storage, and
-        // the append would then copy the whole line (every worker of the queue).
-        queues[queue, default: QueueState()].markIdle(worker, epoch: epoch)
+    mutating func unsubscribe(_ queue: QueueState) {
+        queue.workers -= 1
+        if queue.available == 0 && queue.workers <= 0 { queues[queue.name] = nil }
     }
 
     /// The longest-idle worker of `queue` when it has an available task: both are
     /// claimed (the caller takes the task for the worker).
-    mutating func claim(_ queue: String) -> ConnectionHandler? {
-        queues[queue]?.claim() ?? nil
-    }
-
-    private mutating func dropIfEmpty(_ queue: String) {
-        if let q = queues[queue], q.available == 0, q.workers <= 0 { queues[queue] = nil }
+    func claim(_ queue: String) -> ConnectionHandler? {
+        queues[queue]?.claim()
     }
 }
