@@ -299,6 +299,10 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
                 }
             }
         case .sub(let queue):
+            if !subscribed.contains(queue) && subscriptions.count >= broker.config.maxSubscriptions {
+                replyNow(.error(ProtocolError(.badArgument, "SUB \(queue): this connection already works on \(subscriptions.count) queues, the most the broker allows (--max-subscriptions)")))
+                break
+            }
             if subscribed.insert(queue).inserted {
                 let q = broker.dispatcher.subscribe(queue)
                 subscriptions.append(q)

@@ -54,6 +54,9 @@ struct Tortoised: AsyncParsableCommand {
     @Option(name: .customLong("max-connections"), help: "The most client connections at once.")
     var maxConnections = 10_000
 
+    @Option(name: .customLong("max-subscriptions"), help: "The most queues one connection may SUB to.")
+    var maxSubscriptions = 4096
+
     @Option(name: .customLong("auth-timeout"), help: "With a token: seconds a connection may stay without AUTH (0: no limit).")
     var authTimeout = 10
 
@@ -70,6 +73,7 @@ struct Tortoised: AsyncParsableCommand {
         guard ackTimeout >= 0 else { throw ValidationError("--ack-timeout must be 0 or more seconds") }
         guard maxStorage >= 4 else { throw ValidationError("--max-storage must be at least 4 (MiB)") }
         guard maxConnections > 0 else { throw ValidationError("--max-connections must be at least 1") }
+        guard maxSubscriptions > 0 else { throw ValidationError("--max-subscriptions must be at least 1") }
         guard authTimeout >= 0 else { throw ValidationError("--auth-timeout must be 0 or more seconds") }
         guard compactFrom >= 0 else { throw ValidationError("--compact-from must be 0 or more (MiB)") }
         guard compactCheck >= 0 && compactCheck.isFinite else { throw ValidationError("--compact-check must be 0 or more seconds") }
@@ -96,6 +100,7 @@ struct Tortoised: AsyncParsableCommand {
         config.failedRetentionMillis = failedRetention.flatMap(WireTime.parseDuration)
         config.maxStorageBytes = maxStorage << 20
         config.maxConnections = maxConnections
+        config.maxSubscriptions = maxSubscriptions
         config.authTimeoutSeconds = authTimeout
         config.compactFilesFrom = compactFrom == 0 ? nil : compactFrom << 20
         config.compactCheckSeconds = compactCheck == 0 ? nil : max(0.01, compactCheck)

@@ -20,6 +20,24 @@ import TortoiseProtocol
         #expect(try w.message().payload == "b1")
     }
 
+    @Test func aConnectionWorksOnAtMostMaxSubscriptionsQueues() throws {
+        let broker = try BrokerProcess(arguments: ["--max-subscriptions", "3"])
+        let w = try broker.client()
+        for q in ["a", "b", "c"] { #expect(try w.call("SUB \(q)") == .ok([])) }
+        guard case let .error(code, message) = try w.call("SUB d") else { Issue.record("a fourth SUB was taken"); return }
+        #expect(code == "BAD_ARGUMENT")
+        #expect(message.contains("3 queues") && message.contains("--max-subscriptions"), "\(message)")
+        #expect(try w.call("SUB a") == .ok([]), "a queue it already works on is no new one")
+        let p = try broker.client()
+        _ = try p.put("d", "d1")
+        _ = try p.put("c", "c1")
+        #expect(try w.message().payload == "c1")
+        let stats = try p.stats()
+        #expect(stats.queues["c"]?.workers == 1)
+        #expect(stats.queues["d"]?.workers == 0)
+        #expect(stats.queues["d"]?.ready == 1)
+    }
+
     @Test func theLongestIdleWorkerGetsTheNextTask() throws {
         let broker = try BrokerProcess()
         let p = try broker.client()
