@@ -26,7 +26,7 @@ public struct ServerConfiguration: Sendable {
     public var authTimeoutSeconds = 10
     /// Queues one connection may work on (`SUB`); a worker that becomes idle is lined
     /// up in each, so this bounds what one connection can cost every other.
-    public var maxSubscriptions = 4096
+    public var maxSubscriptions = 1024
     /// Replies a connection may have outstanding before the broker stops reading from it.
     public var maxPendingReplies = 256
     /// At open, LMDB's file is compacted when it is at least this big and at most half of

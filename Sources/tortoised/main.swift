@@ -55,7 +55,7 @@ struct Tortoised: AsyncParsableCommand {
     var maxConnections = 10_000
 
     @Option(name: .customLong("max-subscriptions"), help: "The most queues one connection may SUB to.")
-    var maxSubscriptions = 4096
+    var maxSubscriptions = 1024
 
     @Option(name: .customLong("auth-timeout"), help: "With a token: seconds a connection may stay without AUTH (0: no limit).")
     var authTimeout = 10

@@ -6,11 +6,12 @@ import NIOConcurrencyHelpers
 /// thousands of idle workers? One producer keeps 64 puts in flight while every worker
 /// acks its task at once (a few threads watch them with poll(2)); each worker
 /// count is measured on its own queue of a running broker, beside 8 workers in the
-/// same run.
+/// same run. Then the other way round: one worker on thousands of queues, taking the
+/// tasks of one of them.
 struct FanOutBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fanout",
-        abstract: "Tasks per second through one queue with many workers, against 8 workers."
+        abstract: "Tasks per second through one queue with many workers, against 8 workers; then one worker on many queues, against one queue."
     )
 
     @Option(help: "The broker's port.") var port = 7654
@@ -18,6 +19,8 @@ struct FanOutBench: ParsableCommand {
     @Option(parsing: .upToNextOption, help: "Worker counts to measure (the first is the baseline).")
     var workers: [Int] = [8, 1000, 3000]
     @Option(help: "Threads watching the workers' sockets.") var pollers = 4
+    @Option(parsing: .upToNextOption, help: "Then one worker on this many queues (the first is the baseline), taking the tasks of one of them.")
+    var wide: [Int] = [1, 100, 1000]
 
     func run() throws {
         let payload = [UInt8](repeating: 46, count: 100)
@@ -29,6 +32,41 @@ struct FanOutBench: ParsableCommand {
             print(String(format: "%5d workers on one queue: %6.0f tasks/s (%@)", count, rate, ratio))
             if baseline == nil { baseline = rate }
         }
+        baseline = nil
+        for (round, count) in wide.enumerated() {
+            let rate = try measureWide(prefix: "wide-\(ProcessInfo.processInfo.processIdentifier)-\(round)", queues: count, payload: payload)
+            let ratio = baseline.map { String(format: "%.2f× %d", rate / $0, wide[0]) } ?? "baseline"
+            print(String(format: "one worker on %5d queues: %6.0f tasks/s (%@)", count, rate, ratio))
+            if baseline == nil { baseline = rate }
+        }
+    }
+
+    /// One worker subscribed to `queues` queues takes the tasks of the last one, acking
+    /// each: what a worker's other queues cost each of its ACKs.
+    func measureWide(prefix: String, queues: Int, payload: [UInt8]) throws -> Double {
+        let n = tasks / 4
+        let work = "\(prefix)-work"
+        _ = try TortoiseProducer(port: port, queue: work).putWindowed(window: 64, deadline: .distantFuture, limit: n, payload: { payload })
+        let w = try BlockingSocket(port: port)
+        var subs: [UInt8] = []
+        for i in 0..<(queues - 1) { subs += Array("SUB \(prefix)-\(i)\r\n".utf8) }
+        try w.write(subs)
+        for _ in 0..<(queues - 1) {
+            guard try w.readLine() == "OK" else { throw BlockingSocket.Failure(description: "SUB refused") }
+        }
+        let t0 = DispatchTime.now()
+        try w.write("SUB \(work)\r\n")
+        var acked = 0
+        while acked < n {
+            let line = try w.readLine()
+            guard line.hasPrefix("MSG ") else { continue } // the SUB's and the ACKs' OK
+            let f = line.split(separator: " ")
+            guard f.count == 5, let size = Int(f[4]) else { throw BlockingSocket.Failure(description: "unexpected \(line)") }
+            _ = try w.read(size + 2)
+            try w.write("ACK \(f[1])\r\n")
+            acked += 1
+        }
+        return Double(n) / elapsedSeconds(since: t0)
     }
 
     func measure(queue: String, workers count: Int, payload: [UInt8]) throws -> Double {
