@@ -169,8 +169,8 @@ final class EventLog: Sendable {
         let run = Task { try await worker.run() }
         let id = try await client.put("slow", "x")
         #expect(await log.wait(until: { $0.contains(.acknowledged(id)) }, timeout: 10))
-        #expect(!log.all.contains(.timedOut(id)))
-        #expect(!log.all.contains { if case .disconnected = $0 { return true } else { return false } })
+        #expect(!log.all.contains(.timedOut(id)), "\(log.all)")
+        #expect(!log.all.contains { if case .disconnected = $0 { return true } else { return false } }, "\(log.all)")
         worker.stop()
         try await run.value
     }
