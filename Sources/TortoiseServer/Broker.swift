@@ -227,19 +227,24 @@ final class Broker: @unchecked Sendable {
 
     // MARK: Reads
 
-    func stats() -> Result<StatsReply, StorageError> {
-        do throws(StorageError) {
-            var queues: [String: QueueStats] = [:]
-            for (name, c) in try store.counts() {
-                queues[name] = QueueStats(ready: c.ready, inflight: c.inflight, failed: c.failed, workers: 0, delayed: c.delayed)
-            }
-            for (name, q) in dispatcher.queues where q.workers > 0 {
-                queues[name, default: QueueStats(ready: 0, inflight: 0, failed: 0, workers: 0, delayed: 0)].workers = q.workers
-            }
-            return .success(StatsReply(queues: queues, pruned: try store.prunedCount(), connections: connections.count))
-        } catch {
-            return .failure(error)
+    /// What `STATS` needs from the loop: the workers per queue and the connections.
+    func liveStats() -> (workers: [String: Int], connections: Int) {
+        var workers: [String: Int] = [:]
+        for (name, q) in dispatcher.queues where q.workers > 0 { workers[name] = q.workers }
+        return (workers, connections.count)
+    }
+
+    /// The `STATS` reply: the store's counts with `live` from the loop. Off the loop: with
+    /// thousands of queues, reading and encoding takes milliseconds.
+    static func stats(_ store: TaskStore, live: (workers: [String: Int], connections: Int)) throws(StorageError) -> StatsReply {
+        var queues: [String: QueueStats] = [:]
+        for (name, c) in try store.counts() {
+            queues[name] = QueueStats(ready: c.ready, inflight: c.inflight, failed: c.failed, workers: 0, delayed: c.delayed)
         }
+        for (name, n) in live.workers {
+            queues[name, default: QueueStats(ready: 0, inflight: 0, failed: 0, workers: 0, delayed: 0)].workers = n
+        }
+        return StatsReply(queues: queues, pruned: try store.prunedCount(), connections: live.connections)
     }
 
     // MARK: Shutdown

@@ -325,10 +325,9 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
             replyNow(.ok([]))
         case .stats:
             whenEarlierRepliesAreDone { [self] slot in
-                switch broker.stats() {
-                case .success(let s): slot.frame = .json(ReplyJSON.encode(s))
-                case .failure(let e): slot.frame = internalError(e)
-                }
+                let live = broker.liveStats()
+                let store = broker.store
+                runRead({ () throws(StorageError) in ReplyJSON.encode(try Broker.stats(store, live: live)) }, into: slot)
             }
         case let .failed(limit, text):
             guard let query = parseQuery(text) else { return }
