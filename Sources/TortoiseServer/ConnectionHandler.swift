@@ -84,6 +84,9 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
         } else {
             inbound.writeBuffer(&bytes)
         }
+        // A turn already waits for this connection: the input joins it (one turn per
+        // connection between two polls of the loop).
+        if turnScheduled { return }
         processInbound()
     }
 
@@ -138,39 +141,38 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
     }
 
     private func processInbound() {
+        inReadLoop = true
         var handled = 0
-        while true {
-            inReadLoop = true
-            while !stopParsing && !throttled, handled < Self.commandsPerTurn, let result = parser.next(from: &inbound) {
-                handled += 1
-                switch result {
-                case .success(let command): handle(command)
-                case .failure(let error):
-                    if error.closes { stopParsing = true }
-                    replyNow(.error(error), closeAfter: error.closes)
-                }
+        while !stopParsing && !throttled, handled < Self.commandsPerTurn, let result = parser.next(from: &inbound) {
+            handled += 1
+            switch result {
+            case .success(let command): handle(command)
+            case .failure(let error):
+                if error.closes { stopParsing = true }
+                replyNow(.error(error), closeAfter: error.closes)
             }
-            inReadLoop = false
-            guard needsDrain else { break }
-            needsDrain = false
-            // Replies answered at once may have filled the window of pending replies: once
-            // they are written, the commands already read go on (no read may be coming to
-            // restart them: the client may be waiting for these very replies).
-            let wasThrottled = throttled
-            flushReplies(resumeReading: false)
-            guard wasThrottled, !throttled, !stopParsing, handled < Self.commandsPerTurn, inbound.readableBytes > 0 else { break }
         }
+        let stoppedByWindow = throttled
         if inbound.readableBytes == 0 {
             inbound.clear()
         } else if inbound.readerIndex > 65536 && inbound.readerIndex > inbound.readableBytes {
             inbound.discardReadBytes()
+        }
+        inReadLoop = false
+        if needsDrain {
+            needsDrain = false
+            flushReplies(resumeReading: false)
         }
         if needsFlush, let context {
             needsFlush = false
             context.flush()
         }
         guard let context, !stopParsing, !throttled else { return }
-        if handled == Self.commandsPerTurn {
+        // Replies answered at once (PING, SUB, errors) may have filled the window of
+        // pending replies and been written since: the commands already read go on in
+        // the next turn, as no read may come to restart them (the client may be waiting
+        // for these very replies).
+        if handled == Self.commandsPerTurn || (stoppedByWindow && inbound.readableBytes > 0) {
             // More may be waiting: continue after the other connections had a turn (a
             // timed task, so that the loop polls for I/O in between).
             guard !turnScheduled else { return }
