@@ -4,7 +4,8 @@ import NIOConcurrencyHelpers
 
 /// Hostile clients against a running tortoised: the PING latency of a well-behaved
 /// client and the broker's memory, at rest and while thousands of idle connections,
-/// one-byte-a-second senders, clients that never read and pipelined floods hit it.
+/// one-byte-a-second senders, clients that never read, pipelined floods and a client
+/// asking STATS of thousands of queues in a loop hit it.
 struct HostileBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "hostile",
@@ -16,6 +17,7 @@ struct HostileBench: ParsableCommand {
     @Option(help: "Idle connections.") var idle = 5000
     @Option(help: "Slow senders (one byte a second).") var slow = 50
     @Option(help: "Clients that flood pipelined commands and never read.") var floods = 4
+    @Option(help: "Queues (one task each) that a client then asks STATS about in a loop.") var queues = 10_000
     @Option(help: "Seconds per phase.") var seconds = 5.0
 
     func latency(_ label: String) throws {
@@ -74,6 +76,25 @@ struct HostileBench: ParsableCommand {
             flooding.withLockedValue { $0 = false }
             Thread.sleep(forTimeInterval: 1)
         }
+
+        // A dashboard gone wrong: STATS as fast as it is answered, over many queues.
+        let filler = try BlockingSocket(port: port)
+        var puts: [UInt8] = []
+        for q in 0..<queues { puts += Array("PUT hostile-\(q) 1\r\nx\r\n".utf8) }
+        try filler.write(puts)
+        for _ in 0..<queues { _ = try filler.readLine() }
+        let asking = NIOLockedValueBox(true)
+        let statsThread = Thread {
+            while asking.withLockedValue({ $0 }) {
+                guard (try? filler.write("STATS\r\n")) != nil, let head = try? filler.readLine(),
+                      let size = Int(head.dropFirst(5)), (try? filler.read(size + 2)) != nil else { return }
+            }
+        }
+        statsThread.start()
+        try latency("+ a client asking STATS of \(queues) queues in a loop")
+        asking.withLockedValue { $0 = false }
+        Thread.sleep(forTimeInterval: 0.5)
+
         running.withLockedValue { $0 = false }
         held.removeAll()
         Thread.sleep(forTimeInterval: 1.5)
