@@ -130,6 +130,11 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
     /// Commands handled in one turn before other connections get theirs.
     private static let commandsPerTurn = 2048
     private var turnScheduled = false
+    /// Commands answered at once (PING, SUB, errors: no store, no wait) in this turn, and
+    /// the most a turn answers: a client flooding them gets its share of the loop, not
+    /// the whole of it.
+    private var answeredInTurn = 0
+    private static let answeredPerTurn = 64
 
     private func resume() {
         guard let context, !closed else { return }
@@ -142,8 +147,10 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
 
     private func processInbound() {
         inReadLoop = true
+        answeredInTurn = 0
         var handled = 0
-        while !stopParsing && !throttled, handled < Self.commandsPerTurn, let result = parser.next(from: &inbound) {
+        while !stopParsing && !throttled, handled < Self.commandsPerTurn, answeredInTurn < Self.answeredPerTurn,
+              let result = parser.next(from: &inbound) {
             handled += 1
             switch result {
             case .success(let command): handle(command)
@@ -152,7 +159,7 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
                 replyNow(.error(error), closeAfter: error.closes)
             }
         }
-        let stoppedByWindow = throttled
+        let stoppedEarly = throttled || answeredInTurn >= Self.answeredPerTurn
         if inbound.readableBytes == 0 {
             inbound.clear()
         } else if inbound.readerIndex > 65536 && inbound.readerIndex > inbound.readableBytes {
@@ -168,11 +175,11 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
             context.flush()
         }
         guard let context, !stopParsing, !throttled else { return }
-        // Replies answered at once (PING, SUB, errors) may have filled the window of
-        // pending replies and been written since: the commands already read go on in
+        // The turn ended at its share of commands answered at once, or at the window of
+        // pending replies, which were written since: the commands already read go on in
         // the next turn, as no read may come to restart them (the client may be waiting
         // for these very replies).
-        if handled == Self.commandsPerTurn || (stoppedByWindow && inbound.readableBytes > 0) {
+        if handled == Self.commandsPerTurn || (stoppedEarly && inbound.readableBytes > 0) {
             // More may be waiting: continue after the other connections had a turn (a
             // timed task, so that the loop polls for I/O in between).
             guard !turnScheduled else { return }
@@ -190,6 +197,7 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
     // MARK: Replies
 
     private func replyNow(_ frame: ServerFrame, closeAfter: Bool = false) {
+        answeredInTurn += 1
         let slot = replies.reserve()
         slot.frame = frame
         slot.closeAfter = closeAfter
