@@ -58,13 +58,7 @@ struct FanOutBench: ParsableCommand {
         try w.write("SUB \(work)\r\n")
         var acked = 0
         while acked < n {
-            let line = try w.readLine()
-            guard line.hasPrefix("MSG ") else { continue } // the SUB's and the ACKs' OK
-            let f = line.split(separator: " ")
-            guard f.count == 5, let size = Int(f[4]) else { throw BlockingSocket.Failure(description: "unexpected \(line)") }
-            _ = try w.read(size + 2)
-            try w.write("ACK \(f[1])\r\n")
-            acked += 1
+            if try Self.ackNextTask(w) { acked += 1 }
         }
         return Double(n) / elapsedSeconds(since: t0)
     }
@@ -109,18 +103,24 @@ struct FanOutBench: ParsableCommand {
                     fds[k].revents = 0
                     let s = mine[k]
                     repeat {
-                        let line = try s.readLine()
-                        guard line.hasPrefix("MSG ") else { continue } // an ACK's OK
-                        let w = line.split(separator: " ")
-                        guard w.count == 5, let size = Int(w[4]) else { throw BlockingSocket.Failure(description: "unexpected \(line)") }
-                        _ = try s.read(size + 2)
-                        try s.write("ACK \(w[1])\r\n")
-                        got += 1
+                        if try Self.ackNextTask(s) { got += 1 }
                     } while s.hasBufferedBytes
                 }
                 acked.withLockedValue { $0 += got }
             }
         }
         return Double(n) / elapsedSeconds(since: t0)
+    }
+
+    /// Reads the next frame of a worker's connection; a task (MSG) is acked at once and
+    /// says true, an `OK` (to a SUB or an ACK) says false.
+    static func ackNextTask(_ s: BlockingSocket) throws -> Bool {
+        let line = try s.readLine()
+        guard line.hasPrefix("MSG ") else { return false }
+        let w = line.split(separator: " ")
+        guard w.count == 5, let size = Int(w[4]) else { throw BlockingSocket.Failure(description: "unexpected \(line)") }
+        _ = try s.read(size + 2)
+        try s.write("ACK \(w[1])\r\n")
+        return true
     }
 }
