@@ -166,9 +166,19 @@ public final class TortoiseWorker: Sendable {
     /// One connection's life: subscribe, then handle tasks until it ends.
     private func session() async throws(TortoiseClientError) {
         let (pushes, pushContinuation) = AsyncStream<ServerFrame>.makeStream()
+        let onEvent = options.onEvent
         let connection = try await Connection.open(
             configuration,
-            onPush: { pushContinuation.yield($0) },
+            onPush: { frame in
+                // The broker took the task back (ack timeout) and is closing: said at
+                // once, as the handler may still run, and the connection is gone by the
+                // time it returns.
+                if case let .error(code, message) = frame, code == ErrorCode.timeout.rawValue {
+                    if let id = message.split(separator: " ").first.flatMap({ UInt64($0) }) { onEvent?(.timedOut(id)) }
+                    return
+                }
+                pushContinuation.yield(frame)
+            },
             onClose: { pushContinuation.finish() }
         )
         let proceed = state.withLockedValue { s -> Bool in
@@ -198,10 +208,6 @@ public final class TortoiseWorker: Sendable {
                     return s.stopping
                 }
                 if stop { return }
-            case let .error(code, message) where code == ErrorCode.timeout.rawValue:
-                if let id = message.split(separator: " ").first.flatMap({ UInt64($0) }) {
-                    options.onEvent?(.timedOut(id))
-                }
             default:
                 break
             }

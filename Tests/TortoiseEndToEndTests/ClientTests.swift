@@ -177,6 +177,28 @@ final class EventLog: Sendable {
         try await run.value
     }
 
+    @Test func aHandlerPastTheAckTimeoutIsReportedAsTimedOut() async throws {
+        // No touches: the broker takes the task back while the handler still runs, and
+        // says so as it closes the connection. The worker reports that, reconnects, and
+        // the task's second delivery is acked.
+        let broker = try BrokerProcess(arguments: ["--ack-timeout", "1"])
+        let client = try await TortoiseClient.connect(broker.clientConfiguration)
+        let log = EventLog()
+        var options = TortoiseWorker.Options()
+        options.touchInterval = nil
+        options.reconnectDelay = .milliseconds(50)
+        options.onEvent = { log.record($0) }
+        let worker = TortoiseWorker(configuration: broker.clientConfiguration, queues: ["stuck"], options: options) { task in
+            if task.delivery == 1 { try await Task.sleep(for: .milliseconds(2500)) }
+        }
+        let run = Task { try await worker.run() }
+        let id = try await client.put("stuck", "x")
+        #expect(await log.wait(until: { $0.contains(.acknowledged(id)) }, timeout: 15), "\(log.all)")
+        #expect(log.all.contains(.timedOut(id)), "\(log.all)")
+        worker.stop()
+        try await run.value
+    }
+
     @Test func stopFinishesTheTaskInHandThenCloses() async throws {
         let broker = try BrokerProcess()
         let client = try await TortoiseClient.connect(broker.clientConfiguration)
