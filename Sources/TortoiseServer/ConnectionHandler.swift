@@ -309,11 +309,12 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
                 }
             }
         case .sub(let queue):
-            if !subscribed.contains(queue) && subscriptions.count >= broker.config.maxSubscriptions {
-                replyNow(.error(ProtocolError(.badArgument, "SUB \(queue): this connection already works on \(subscriptions.count) queues, the most the broker allows (--max-subscriptions)")))
-                break
-            }
-            if subscribed.insert(queue).inserted {
+            if !subscribed.contains(queue) {
+                guard subscriptions.count < broker.config.maxSubscriptions else {
+                    replyNow(.error(ProtocolError(.badArgument, "SUB \(queue): this connection already works on \(subscriptions.count) queues, the most the broker allows (--max-subscriptions)")))
+                    break
+                }
+                subscribed.insert(queue)
                 let q = broker.dispatcher.subscribe(queue)
                 subscriptions.append(q)
                 if held == nil { q.markIdle(self, epoch: epoch) }

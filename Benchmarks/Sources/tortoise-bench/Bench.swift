@@ -13,6 +13,9 @@ struct Bench: AsyncParsableCommand {
     )
 }
 
+/// A size given in KiB (as /proc gives it), in MiB with one decimal.
+func mib(_ kib: Int) -> String { String(format: "%.1f MiB", Double(kib) / 1024) }
+
 /// Seconds from `start` to now.
 func elapsedSeconds(since start: DispatchTime) -> Double {
     Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9

@@ -10,14 +10,16 @@ struct ManyConnections {
     /// From the last put's confirmation to the last delivery.
     var lastDeliveryAfterPutsMillis = 0.0
     var delivered = 0
+    /// The broker's anonymous RSS with every connection still open, in KiB.
+    var anonymousKiB = 0
 
     /// `connect(i)` opens worker connection i and waits until it is subscribed; it
     /// returns the socket to watch and a function that reads its task and acks it (true
     /// when there was one). `put(q)` puts one task into queue q and waits for its
-    /// confirmation.
-    static func measure(workers: Int, queues: Int,
+    /// confirmation. `pid` is the broker's process, for its memory.
+    static func measure(workers: Int, queues: Int, pid: Int32,
                         connect: (Int) throws -> (fd: Int32, takeAndAck: () throws -> Bool),
-                        put: (Int) throws -> Void) throws -> (ManyConnections, keepAlive: [Any]) {
+                        put: (Int) throws -> Void) throws -> ManyConnections {
         var m = ManyConnections()
         var watched: [(fd: Int32, takeAndAck: () throws -> Bool)] = []
         let c0 = DispatchTime.now()
@@ -49,13 +51,15 @@ struct ManyConnections {
             owners = keepOwners
         }
         m.lastDeliveryAfterPutsMillis = elapsedSeconds(since: d0) * 1000
-        return (m, watched.map { $0.takeAndAck as Any })
+        m.anonymousKiB = ScaleBench.memory(pid).anon
+        return m
     }
 
     func summary(workers: Int, queues: Int, broker: String) -> String {
         let f = { (x: Double, d: Int) in String(format: "%.\(d)f", x) }
         return "\(broker)\(workers) worker connections on \(queues) queues: connected and subscribed in \(f(setUpSeconds, 1)) s; "
             + "\(queues) puts (a new producer connection each) in \(f(putSeconds, 1)) s; "
-            + "\(delivered) of \(queues) tasks delivered, the last \(f(lastDeliveryAfterPutsMillis, 1)) ms after the last put"
+            + "\(delivered) of \(queues) tasks delivered, the last \(f(lastDeliveryAfterPutsMillis, 1)) ms after the last put; "
+            + "anonymous RSS \(mib(anonymousKiB))"
     }
 }

@@ -17,7 +17,6 @@ struct RabbitScaleBench: ParsableCommand {
     @Option(help: "Queues for the connection test.") var queues = 1000
     @Option(help: "Consumer connections for the connection test.") var workers = 2000
 
-    func mib(_ kb: Int) -> String { String(format: "%.1f MiB", Double(kb) / 1024) }
 
     /// The node's memory, as printed; after `settle` seconds (RabbitMQ frees lazily).
     func memory(settle: Double = 0) -> String {
@@ -61,7 +60,7 @@ struct RabbitScaleBench: ParsableCommand {
         print("RabbitMQ: drained \(consumed) messages with 8 consumers in \(String(format: "%.1f", secs)) s (\(Int(Double(consumed) / secs)) /s)")
         print("RabbitMQ: memory after the drain: \(memory(settle: 5))")
 
-        let (many, keepAlive) = try ManyConnections.measure(workers: workers, queues: queues, connect: { i in
+        let many = try ManyConnections.measure(workers: workers, queues: queues, pid: pid, connect: { i in
             let c = try RabbitConsumer(port: port, queue: "many\(i % queues)")
             return (c.client.fd, {
                 guard let (h, _) = try c.next(timeout: 1) else { return false }
@@ -71,8 +70,6 @@ struct RabbitScaleBench: ParsableCommand {
         }, put: { q in
             try RabbitProducer(port: port, queue: "many\(q)").put(Array("task \(q)".utf8))
         })
-        let rss = ScaleBench.memory(pid)
-        print(many.summary(workers: workers, queues: queues, broker: "RabbitMQ: ") + "; anonymous RSS \(mib(rss.anon))")
-        withExtendedLifetime(keepAlive) {}
+        print(many.summary(workers: workers, queues: queues, broker: "RabbitMQ: "))
     }
 }

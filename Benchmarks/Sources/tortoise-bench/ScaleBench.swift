@@ -60,7 +60,6 @@ struct ScaleBench: AsyncParsableCommand {
         return (kb("RssAnon:"), kb("VmRSS:"))
     }
 
-    func mib(_ kb: Int) -> String { String(format: "%.1f MiB", Double(kb) / 1024) }
 
     func run() async throws {
         let dir = directory + "/tortoise-scale-\(getpid())"
@@ -102,7 +101,7 @@ struct ScaleBench: AsyncParsableCommand {
         print("memory after the drain: anonymous RSS \(mib(drained.anon)) (total RSS \(mib(drained.total)))")
 
         // Many queues and connections at once.
-        let (many, keepAlive) = try ManyConnections.measure(workers: workers, queues: queues, connect: { i in
+        let many = try ManyConnections.measure(workers: workers, queues: queues, pid: b.process.processIdentifier, connect: { i in
             let s = try TortoiseConsumer(port: b.port, queue: "many\(i % queues)")
             try s.finish() // the SUB's OK
             return (s.socket.fd, {
@@ -113,9 +112,7 @@ struct ScaleBench: AsyncParsableCommand {
         }, put: { q in
             try TortoiseProducer(port: b.port, queue: "many\(q)").put(Array("task \(q)".utf8))
         })
-        let rss = Self.memory(b.process.processIdentifier)
-        print(many.summary(workers: workers, queues: queues, broker: "") + "; anonymous RSS \(mib(rss.anon))")
-        withExtendedLifetime(keepAlive) {}
+        print(many.summary(workers: workers, queues: queues, broker: ""))
         stop(b)
     }
 
