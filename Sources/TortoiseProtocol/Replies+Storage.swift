@@ -33,10 +33,19 @@ extension String {
 public enum ReplyJSON {
     /// The JSON body of `value`.
     public static func encode(_ value: some Encodable) -> ByteBuffer {
+        ByteBuffer(bytes: encode(value, with: encoder()))
+    }
+
+    /// The encoder of reply documents (sorted keys: the same bytes for the same document).
+    public static func encoder() -> JSONEncoder {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        let data = (try? encoder.encode(value)) ?? Data("{}".utf8)
-        return ByteBuffer(bytes: data)
+        return encoder
+    }
+
+    /// One value as JSON, for a reply written piece by piece.
+    public static func encode(_ value: some Encodable, with encoder: JSONEncoder) -> Data {
+        (try? encoder.encode(value)) ?? Data("{}".utf8)
     }
 
     /// Decodes a `JSON` frame's body.

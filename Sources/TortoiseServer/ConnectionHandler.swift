@@ -9,7 +9,7 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = Never
     typealias OutboundIn = ByteBuffer
-    typealias OutboundOut = ByteBuffer
+    typealias OutboundOut = IOData
 
     let broker: Broker
     private var context: ChannelHandlerContext?
@@ -54,7 +54,7 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
             ServerFrame.error(code: ErrorCode.internal.rawValue, message: "too many connections (the limit is \(broker.config.maxConnections)); try again later").write(to: &b)
             closed = true
             let channel = context.channel
-            context.writeAndFlush(wrapOutboundOut(b)).whenComplete { _ in channel.close(promise: nil) }
+            context.writeAndFlush(wrapOutboundOut(.byteBuffer(b))).whenComplete { _ in channel.close(promise: nil) }
             return
         }
         if !authenticated && broker.config.authTimeoutSeconds > 0 {
@@ -231,14 +231,28 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
             let (frames, close) = replies.drainReady()
             if !frames.isEmpty {
                 var b = context.channel.allocator.buffer(capacity: 64 * frames.count)
-                for f in frames { f.write(to: &b) }
+                for (frame, spooled) in frames {
+                    guard let spooled else {
+                        frame.write(to: &b)
+                        continue
+                    }
+                    // A spooled body goes from its file to the socket (sendfile), between
+                    // the bytes before it and its closing line.
+                    b.writeString("JSON \(spooled.length)\r\n")
+                    context.write(wrapOutboundOut(.byteBuffer(b)), promise: nil)
+                    let handle = NIOFileHandle(_deprecatedTakingOwnershipOfDescriptor: spooled.takeDescriptor())
+                    let region = FileRegion(fileHandle: handle, readerIndex: 0, endIndex: spooled.length)
+                    context.write(wrapOutboundOut(.fileRegion(region))).whenComplete { _ in try? handle.close() }
+                    b = context.channel.allocator.buffer(capacity: 64)
+                    b.writeStaticString("\r\n")
+                }
                 if close {
                     stopParsing = true
                     let channel = context.channel
-                    context.writeAndFlush(wrapOutboundOut(b)).whenComplete { _ in channel.close(promise: nil) }
+                    context.writeAndFlush(wrapOutboundOut(.byteBuffer(b))).whenComplete { _ in channel.close(promise: nil) }
                     return
                 }
-                context.write(wrapOutboundOut(b), promise: nil)
+                context.write(wrapOutboundOut(.byteBuffer(b)), promise: nil)
                 wrote = true
             }
             // A read waiting for the earlier replies runs now that it is first.
@@ -338,21 +352,44 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
             whenEarlierRepliesAreDone { [self] slot in
                 let live = broker.liveStats()
                 let store = broker.store
-                runRead({ () throws(StorageError) in ReplyJSON.encode(try Broker.stats(store, live: live)) }, into: slot)
+                runRead({ () throws(StorageError) in .memory(ReplyJSON.encode(try Broker.stats(store, live: live))) }, into: slot)
             }
         case let .failed(limit, text):
             guard let query = parseQuery(text) else { return }
             let store = broker.store
+            let spool = spoolSettings
+            // One failure at a time from the store to the spool: the reply may be far
+            // bigger than memory should hold.
             runRead { () throws(StorageError) in
-                let page = try store.failed(query, limit: limit)
-                return ReplyJSON.encode(FailedReply(total: page.total, tasks: page.tasks.map(FailedTaskInfo.init)))
+                let out = ReplySpool(directory: spool.directory, memoryLimit: spool.memoryLimit)
+                let encoder = ReplyJSON.encoder()
+                try out.append("{\"tasks\":[")
+                var first = true
+                let total = try store.failed(query, limit: limit) { (f) throws(StorageError) in
+                    if !first { try out.append(",") }
+                    first = false
+                    try out.append(ReplyJSON.encode(FailedTaskInfo(f), with: encoder))
+                }
+                try out.append("],\"total\":")
+                try out.append(String(total).utf8)
+                try out.append("}")
+                return try out.finish()
             }
         case let .errors(limit, text):
             guard let query = parseQuery(text) else { return }
             let store = broker.store
+            let spool = spoolSettings
             runRead { () throws(StorageError) in
                 let groups = try store.errorGroups(query, limit: limit)
-                return ReplyJSON.encode(ErrorsReply(groups: groups.map(ErrorGroupInfo.init)))
+                let out = ReplySpool(directory: spool.directory, memoryLimit: spool.memoryLimit)
+                let encoder = ReplyJSON.encoder()
+                try out.append("{\"groups\":[")
+                for (i, g) in groups.enumerated() {
+                    if i > 0 { try out.append(",") }
+                    try out.append(ReplyJSON.encode(ErrorGroupInfo(g), with: encoder))
+                }
+                try out.append("]}")
+                return try out.finish()
             }
         case .replay(let text):
             guard let query = parseQuery(text) else { return }
@@ -388,15 +425,20 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
         }
     }
 
+    /// Where and past what size a `JSON` reply's body is spooled to a file.
+    private var spoolSettings: (directory: String, memoryLimit: Int) {
+        (broker.config.dataDirectory, broker.config.replyMemoryLimit)
+    }
+
     /// Runs a read-only search on the thread pool; its JSON answers in order.
-    private func runRead(_ body: @escaping @Sendable () throws(StorageError) -> ByteBuffer) {
+    private func runRead(_ body: @escaping @Sendable () throws(StorageError) -> ReplySpool.Body) {
         whenEarlierRepliesAreDone { [self] slot in runRead(body, into: slot) }
     }
 
-    private func runRead(_ body: @escaping @Sendable () throws(StorageError) -> ByteBuffer, into slot: ReplyQueue.Slot) {
+    private func runRead(_ body: @escaping @Sendable () throws(StorageError) -> ReplySpool.Body, into slot: ReplyQueue.Slot) {
         let loop = broker.loop
         broker.threadPool.submit { state in
-            let result: Result<ByteBuffer, StorageError>
+            let result: Result<ReplySpool.Body, StorageError>
             if case .cancelled = state {
                 result = .failure(StorageError(.closed, "the broker is shutting down"))
             } else {
@@ -404,7 +446,10 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
             }
             loop.execute { [self] in
                 switch result {
-                case .success(let json): fill(slot, .json(json))
+                case .success(.memory(let json)): fill(slot, .json(json))
+                case .success(.file(let file)):
+                    slot.spooled = file
+                    fill(slot, .json(ByteBuffer()))
                 case .failure(let e): fill(slot, internalError(e))
                 }
             }
@@ -483,7 +528,7 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
         }
         var b = context.channel.allocator.buffer(capacity: task.payload.count + 64)
         ServerFrame.message(id: task.id, queue: task.queue, delivery: task.delivery, payload: ByteBuffer(bytes: task.payload)).write(to: &b)
-        context.writeAndFlush(wrapOutboundOut(b), promise: nil)
+        context.writeAndFlush(wrapOutboundOut(.byteBuffer(b)), promise: nil)
         startAckTimer(task.id)
     }
 
@@ -504,7 +549,7 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
         ServerFrame.error(code: ErrorCode.timeout.rawValue, message: "\(id) held longer than the ack timeout of \(broker.config.ackTimeoutSeconds)s").write(to: &b)
         stopParsing = true
         let channel = context.channel
-        context.writeAndFlush(wrapOutboundOut(b)).whenComplete { _ in channel.close(promise: nil) }
+        context.writeAndFlush(wrapOutboundOut(.byteBuffer(b))).whenComplete { _ in channel.close(promise: nil) }
     }
 
     private func connectionLost() {

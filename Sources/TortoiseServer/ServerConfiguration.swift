@@ -27,6 +27,10 @@ public struct ServerConfiguration: Sendable {
     /// Queues one connection may work on (`SUB`); a worker that becomes idle is lined
     /// up in each, so this bounds what one connection can cost every other.
     public var maxSubscriptions = 1024
+    /// A `JSON` reply body bigger than this is written to an unnamed file in the data
+    /// directory as it is encoded, and sent from there: a `FAILED` over many large
+    /// payloads does not have to fit in memory.
+    public var replyMemoryLimit = 1 << 20
     /// Replies a connection may have outstanding before the broker stops reading from it.
     public var maxPendingReplies = 256
     /// At open, LMDB's file is compacted when it is at least this big and at most half of

@@ -38,6 +38,8 @@ public final class TortoiseServer: Sendable {
             storeHalted?(error.message)
         }
         let store = try TaskStore(storeConfig)
+        // The directory is this broker's now (the store holds its lock).
+        SpoolFile.removeLeftovers(in: config.dataDirectory)
         if let c = store.compactedAtOpen {
             logger.info("compacted the store's file from \(Self.mib(c.before)) to \(Self.mib(c.after)) (most of it was free)")
         }

@@ -123,24 +123,33 @@ struct FailedIndex {
 
     func search(_ query: FailedQuery, limit: Int, _ txn: borrowing LMDBTransaction) throws(StorageError) -> FailedPage {
         var tasks: [FailedTask] = []
+        let total = try search(query, limit: limit, txn) { (f) throws(StorageError) in tasks.append(f) }
+        return FailedPage(total: total, tasks: tasks)
+    }
+
+    /// Hands the newest `limit` failures matching `query` to `each`, newest first, one at
+    /// a time (none is kept), and returns how many match in all.
+    func search(_ query: FailedQuery, limit: Int, _ txn: borrowing LMDBTransaction,
+                each: (FailedTask) throws(StorageError) -> Void) throws(StorageError) -> Int {
+        var handed = 0
         if query.isEmpty {
             let total = try txn.count(t.failed)
             try forEachMatch(query, txn) { (_, id, _) throws(StorageError) in
-                guard tasks.count < limit else { return false }
-                if let f = try load(id, txn) { tasks.append(f) }
+                guard handed < limit else { return false }
+                if let f = try load(id, txn) { try each(f); handed += 1 }
                 return true
             }
-            return FailedPage(total: total, tasks: tasks)
+            return total
         }
         var total = 0
         try forEachMatch(query, txn) { (_, id, f) throws(StorageError) in
             total += 1
-            if tasks.count < limit {
-                if let f { tasks.append(f) } else if let f = try load(id, txn) { tasks.append(f) }
+            if handed < limit {
+                if let f { try each(f); handed += 1 } else if let f = try load(id, txn) { try each(f); handed += 1 }
             }
             return true
         }
-        return FailedPage(total: total, tasks: tasks)
+        return total
     }
 
     func ids(_ query: FailedQuery, _ txn: borrowing LMDBTransaction) throws(StorageError) -> [TaskID] {

@@ -514,6 +514,14 @@ public final class TaskStore: @unchecked Sendable {
         try engine.read { (txn) throws(StorageError) in try engine.index.search(query, limit: limit, txn) }
     }
 
+    /// The same answer one failure at a time, from one snapshot: `each` gets the newest
+    /// `limit` failures matching `query`, newest first, and none is kept in memory; returns
+    /// how many match in all.
+    public func failed(_ query: FailedQuery, limit: Int,
+                       each: (FailedTask) throws(StorageError) -> Void) throws(StorageError) -> Int {
+        try engine.read { (txn) throws(StorageError) in try engine.index.search(query, limit: limit, txn, each: each) }
+    }
+
     /// The error groups of the failures matching `query`, most frequent first.
     public func errorGroups(_ query: FailedQuery, limit: Int) throws(StorageError) -> [ErrorGroup] {
         try engine.read { (txn) throws(StorageError) in try engine.index.groups(query, limit: limit, txn) }

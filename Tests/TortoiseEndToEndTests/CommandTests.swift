@@ -172,4 +172,73 @@ import TortoiseProtocol
         #expect(stats.pruned == 0)
         #expect(stats.queues["mail"]?.workers == 1)
     }
+
+    /// Peak resident memory of a process so far (VmHWM), in bytes.
+    private func peakMemory(_ pid: pid_t) throws -> Int {
+        let status = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)
+        guard let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
+              let kib = Int(line.split(separator: " ", omittingEmptySubsequences: true)[1]) else {
+            throw TestFailure("no VmHWM in /proc/\(pid)/status")
+        }
+        return kib << 10
+    }
+
+    @Test func aFailedReplyFarBiggerThanMemoryHoldsIsSentWholeFromASpoolFile() throws {
+        let broker = try BrokerProcess()
+        let p = try broker.client()
+        let w = try broker.client()
+        // 64 failures with 128 KiB payloads: an 8 MiB reply; the broker keeps 1 MiB of a
+        // reply in memory and spools the rest to a file.
+        let n = 64
+        var payloads: [UInt64: String] = [:]
+        for i in 0..<n {
+            let letter = Character(UnicodeScalar(UInt8(65 + i % 26)))
+            let payload = "\(i):" + String(repeating: letter, count: (128 << 10) - 8)
+            payloads[try p.put("big", payload)] = payload
+        }
+        #expect(try w.call("SUB big") == .ok([]))
+        var failedOrder: [UInt64] = []
+        for _ in 0..<n {
+            let m = try w.message()
+            w.send("NACK \(m.id) 13\r\nout of memory\r\n")
+            #expect(try w.frame() == .ok([]))
+            failedOrder.append(m.id)
+        }
+        let before = try peakMemory(broker.process.pid)
+
+        // One client asks and does not read yet; the others are served meanwhile.
+        let slow = try broker.client()
+        slow.send("FAILED 1000 0\r\n\r\n")
+        let other = try broker.client()
+        #expect(try other.call("PING") == .ok(["PONG"]))
+        #expect(try other.put("small", "hi") > 0)
+        #expect(try other.failed("queue:small").total == 0)
+
+        let page = try #require(try {
+            guard case .json(let body) = try slow.frame(timeout: 60) else { return nil }
+            #expect(body.readableBytes > n << 17)
+            return try ReplyJSON.decode(FailedReply.self, from: body)
+        }() as FailedReply?)
+        #expect(page.total == n)
+        #expect(page.tasks.map(\.id) == failedOrder.reversed())
+        #expect(page.tasks.allSatisfy { $0.payload == payloads[$0.id] && $0.error == "out of memory" })
+        // The same connection goes on: the frames after the big one are intact.
+        #expect(try slow.call("PING") == .ok(["PONG"]))
+        let grown = try peakMemory(broker.process.pid) - before
+        // Built whole in memory, this reply raised the peak by 34 MiB; spooled, by about 2.
+        #expect(grown < n << 17, "the broker's peak memory grew by \(grown >> 10) KiB for an 8 MiB reply")
+        // The spool file was never left in the directory under a name.
+        let names = try FileManager.default.contentsOfDirectory(atPath: broker.directory)
+        #expect(!names.contains { $0.hasPrefix(".reply-") })
+    }
+
+    @Test func aSpoolFileLeftByACrashIsRemovedAtStart() throws {
+        let broker = try BrokerProcess()
+        let leftover = broker.directory + "/.reply-Ab12Cd"
+        #expect(FileManager.default.createFile(atPath: leftover, contents: Data(repeating: 1, count: 4096)))
+        broker.kill9()
+        try broker.restart()
+        #expect(!FileManager.default.fileExists(atPath: leftover))
+        #expect(try broker.client().call("PING") == .ok(["PONG"]))
+    }
 }
