@@ -83,6 +83,12 @@ struct Tortoised: AsyncParsableCommand {
     }
 
     func run() async throws {
+        // Blocks of 256 KiB and more (task payloads, large replies) are mapped and given
+        // back to the system when freed. glibc's default raises that threshold to the
+        // largest block freed so far, after which such blocks come from the heap, whose
+        // freed holes the system does not get back: after a burst of 1 MiB payloads the
+        // broker stayed tens of MiB bigger (docs/reliability.md).
+        _ = mallopt(-3 /* M_MMAP_THRESHOLD */, 256 << 10)
         LoggingSystem.bootstrap { label in
             var h = StreamLogHandler.standardError(label: label)
             h.logLevel = .info
@@ -176,3 +182,7 @@ func raiseOpenFileLimit(to wanted: Int, logger: Logger) {
         logger.warning("open-file limit \(limit.rlim_cur) is below --max-connections \(wanted - 64); raise it (ulimit -n)")
     }
 }
+
+/// glibc's `mallopt` (malloc.h is not in the Glibc module).
+@_silgen_name("mallopt")
+private func mallopt(_ parameter: Int32, _ value: Int32) -> Int32
