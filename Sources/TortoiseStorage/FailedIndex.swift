@@ -158,10 +158,23 @@ struct FailedIndex {
         return ids
     }
 
+    /// A group's figures while the matches are counted: its example is read only if the
+    /// group makes the page (an error text may be as big as `--max-body`, and a query may
+    /// match a great many groups).
+    private struct GroupTally {
+        var group: UInt64
+        var count: Int
+        var firstFailedAt: Millis
+        var lastFailedAt: Millis
+        var newestID: TaskID
+        /// The queues of the matching failures (nil: all of the group's, read when needed).
+        var queues: Set<String>?
+    }
+
     func groups(_ query: FailedQuery, limit: Int, _ txn: borrowing LMDBTransaction) throws(StorageError) -> [ErrorGroup] {
-        var result: [ErrorGroup] = []
+        var tallies: [GroupTally] = []
         if query.isEmpty {
-            // Straight from the group index: no failure record is read but each group's newest.
+            // Straight from the group index: no failure record is read but the page's examples.
             try txn.withCursor(t.byGroup) { (c) throws(StorageError) in
                 var e = try c.first()
                 while let entry = e {
@@ -170,32 +183,38 @@ struct FailedIndex {
                     let (last, newestID) = StoreTables.decodePosting(entry.value)
                     let oldest = try c.lastDuplicate()!
                     let (first, _) = StoreTables.decodePosting(oldest.value)
-                    let example = try load(newestID, txn)?.error ?? ""
-                    result.append(ErrorGroup(group: group, example: example, count: count, queues: try queuesOf(group, txn), firstFailedAt: first, lastFailedAt: last))
+                    tallies.append(GroupTally(group: group, count: count, firstFailedAt: first, lastFailedAt: last, newestID: newestID))
                     e = try c.next()
                 }
             }
         } else {
-            var byGroup: [UInt64: ErrorGroup] = [:]
-            var queues: [UInt64: Set<String>] = [:]
+            var index: [UInt64: Int] = [:]
             try forEachMatch(query, txn) { (at, id, f) throws(StorageError) in
                 var loaded = f
                 if loaded == nil { loaded = try load(id, txn) }
                 guard let f = loaded else { return true }
-                if var g = byGroup[f.group] {
-                    g.count += 1
-                    g.firstFailedAt = min(g.firstFailedAt, at)
-                    byGroup[f.group] = g
+                if let i = index[f.group] {
+                    tallies[i].count += 1
+                    tallies[i].firstFailedAt = min(tallies[i].firstFailedAt, at)
+                    tallies[i].queues!.insert(f.queue)
                 } else {
-                    byGroup[f.group] = ErrorGroup(group: f.group, example: f.error, count: 1, queues: [], firstFailedAt: at, lastFailedAt: at)
+                    // Newest first: the first match of a group is its newest.
+                    index[f.group] = tallies.count
+                    tallies.append(GroupTally(group: f.group, count: 1, firstFailedAt: at, lastFailedAt: at, newestID: id, queues: [f.queue]))
                 }
-                queues[f.group, default: []].insert(f.queue)
                 return true
             }
-            result = byGroup.values.map { var g = $0; g.queues = queues[g.group, default: []].sorted(); return g }
         }
-        result.sort { ($0.count, $0.lastFailedAt, $0.group) > ($1.count, $1.lastFailedAt, $1.group) }
-        return Array(result.prefix(limit))
+        tallies.sort { ($0.count, $0.lastFailedAt, $0.group) > ($1.count, $1.lastFailedAt, $1.group) }
+        var result: [ErrorGroup] = []
+        for g in tallies.prefix(limit) {
+            let example = try load(g.newestID, txn)?.error ?? ""
+            var queues = g.queues?.sorted()
+            if queues == nil { queues = try queuesOf(g.group, txn) }
+            result.append(ErrorGroup(group: g.group, example: example, count: g.count, queues: queues!,
+                                     firstFailedAt: g.firstFailedAt, lastFailedAt: g.lastFailedAt))
+        }
+        return result
     }
 
     private func queuesOf(_ group: UInt64, _ txn: borrowing LMDBTransaction) throws(StorageError) -> [String] {

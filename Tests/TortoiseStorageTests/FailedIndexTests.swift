@@ -45,7 +45,13 @@ import TortoiseStorage
                 #expect(g.queues == Set(members.map(\.queue)).sorted())
                 #expect(g.lastFailedAt == members.map(\.failedAt).max())
                 #expect(g.firstFailedAt == members.map(\.failedAt).min())
+                // The example is the newest member's error.
+                #expect(g.example == members.first?.error)
             }
+            let order = groups.map { ($0.count, $0.lastFailedAt, $0.group) }
+            #expect(zip(order, order.dropFirst()).allSatisfy { $0 > $1 }, "groups most frequent first for \(q)")
+            let top = try store.errorGroups(q, limit: limit)
+            #expect(top == Array(groups.prefix(limit)), "the first \(limit) groups for \(q)")
         }
     }
 
