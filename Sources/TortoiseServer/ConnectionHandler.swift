@@ -98,7 +98,10 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable { resume() }
+        if context.channel.isWritable {
+            flushReplies(resumeReading: false)
+            resume()
+        }
         context.fireChannelWritabilityChanged()
     }
 
@@ -255,8 +258,12 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
                 context.write(wrapOutboundOut(.byteBuffer(b)), promise: nil)
                 wrote = true
             }
-            // A read waiting for the earlier replies runs now that it is first.
-            guard let head = replies.head, head.frame == nil, let action = head.onHead else { break }
+            // A read waiting for the earlier replies runs now that it is first, unless the
+            // client is not taking what it was sent: it runs once the client reads (a
+            // client pipelining FAILEDs without reading would otherwise have every reply
+            // spooled to disk at once).
+            guard let head = replies.head, head.frame == nil, head.onHead != nil, context.channel.isWritable,
+                  let action = head.onHead else { break }
             head.onHead = nil
             action(head)
             if head.frame == nil { break }

@@ -106,7 +106,7 @@ final class BrokerProcess: @unchecked Sendable {
         TortoiseClientConfiguration(host: "127.0.0.1", port: port, token: environment["TORTOISE_TOKEN"], environment: [:])
     }
 
-    func client() throws -> RawClient { try RawClient(port: port) }
+    func client(receiveBuffer: Int32? = nil) throws -> RawClient { try RawClient(port: port, receiveBuffer: receiveBuffer) }
 
 }
 
@@ -125,8 +125,13 @@ final class RawClient: @unchecked Sendable {
     /// Why the last read ended the connection: 0 for an orderly close, else errno.
     private(set) var closeErrno: Int32 = 0
 
-    init(port: Int) throws {
+    /// Connects; `receiveBuffer` (bytes) keeps what the kernel takes in for the client
+    /// small, so that a client that does not read soon backs the broker up.
+    init(port: Int, receiveBuffer: Int32? = nil) throws {
         let s = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        if var size = receiveBuffer {
+            setsockopt(s, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+        }
         var addr = sockaddr_in()
         addr.sin_family = sa_family_t(AF_INET)
         addr.sin_port = in_port_t(UInt16(port).bigEndian)

@@ -230,6 +230,30 @@ import TortoiseProtocol
         // The spool file was never left in the directory under a name.
         let names = try FileManager.default.contentsOfDirectory(atPath: broker.directory)
         #expect(!names.contains { $0.hasPrefix(".reply-") })
+
+        // A client that pipelines FAILEDs and does not read has one spooled at a time:
+        // the next runs once it takes what it was sent.
+        let piling = try broker.client(receiveBuffer: 16 << 10)
+        piling.send(String(repeating: "FAILED 1000 0\r\n\r\n", count: 3))
+        var mostSpooled = 0
+        for _ in 0..<25 {
+            mostSpooled = max(mostSpooled, spoolFiles(of: broker.process.pid))
+            Thread.sleep(forTimeInterval: 0.1)
+        }
+        #expect(mostSpooled == 1)
+        for _ in 0..<3 {
+            guard case .json(let body) = try piling.frame(timeout: 60) else { throw TestFailure("expected JSON") }
+            #expect(try ReplyJSON.decode(FailedReply.self, from: body).tasks.count == n)
+        }
+        #expect(spoolFiles(of: broker.process.pid) == 0)
+    }
+
+    /// The spool files `pid` holds open (unlinked files named `.reply-*`).
+    private func spoolFiles(of pid: pid_t) -> Int {
+        let fds = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? []
+        return fds.filter { fd in
+            ((try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/\(fd)")) ?? "").contains("/.reply-")
+        }.count
     }
 
     @Test func aSpoolFileLeftByACrashIsRemovedAtStart() throws {
