@@ -90,7 +90,8 @@ public enum ErrorFingerprint {
         isDigit(c) || (c.value >= 65 && c.value <= 70) || (c.value >= 97 && c.value <= 102)
     }
     static func isWordScalar(_ c: Unicode.Scalar) -> Bool {
-        c == "_" || c.properties.isAlphabetic || c.properties.numericType != nil
+        if c.isASCII { return ErrorWords.isASCIIWordByte(UInt8(c.value)) }
+        return c.properties.isAlphabetic || c.properties.numericType != nil
     }
     private static func isHexID(_ w: ArraySlice<Unicode.Scalar>) -> Bool {
         w.count >= 8 && w.allSatisfy(isHex) && w.contains(where: isDigit)
@@ -112,18 +113,37 @@ public enum ErrorWords {
     public static func words(_ text: String) -> [String] {
         var result: [String] = []
         var seen = Set<String>()
-        var current = String.UnicodeScalarView()
+        // The current word's UTF-8, its ASCII letters already lower-case; a word with
+        // other letters is lower-cased whole, as Unicode says, when it ends.
+        var current: [UInt8] = []
+        var ascii = true
         func flush() {
             guard !current.isEmpty else { return }
-            var w = String(current).lowercased()
+            var w = String(decoding: current, as: UTF8.self)
+            if !ascii { w = w.lowercased() }
             if w.utf8.count > maxWordBytes { w = String(decoding: w.utf8.prefix(maxWordBytes), as: UTF8.self) }
             if seen.insert(w).inserted { result.append(w) }
-            current = String.UnicodeScalarView()
+            current.removeAll(keepingCapacity: true)
+            ascii = true
         }
         for c in text.unicodeScalars {
-            if ErrorFingerprint.isWordScalar(c) { current.append(c) } else { flush() }
+            if c.isASCII {
+                let b = UInt8(c.value)
+                if b >= 0x41 && b <= 0x5A { current.append(b + 0x20) } else if isASCIIWordByte(b) { current.append(b) } else { flush() }
+            } else if ErrorFingerprint.isWordScalar(c) {
+                current.append(contentsOf: UTF8.encode(c)!)
+                ascii = false
+            } else {
+                flush()
+            }
         }
         flush()
         return result
+    }
+
+    /// An ASCII letter, digit or `_` (what Unicode's letters and digits are in ASCII).
+    @inline(__always)
+    static func isASCIIWordByte(_ b: UInt8) -> Bool {
+        (b >= 0x61 && b <= 0x7A) || (b >= 0x41 && b <= 0x5A) || (b >= 0x30 && b <= 0x39) || b == 0x5F
     }
 }

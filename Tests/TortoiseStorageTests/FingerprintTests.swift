@@ -26,4 +26,33 @@ import TortoiseStorage
     @Test func wordsAreUnicodeAwareAndCaseFolded() {
         #expect(ErrorWords.words("Connexion REFUSÉE: hôte_1 injoignable, refusée") == ["connexion", "refusée", "hôte_1", "injoignable"])
     }
+
+    /// The definition, scalar by scalar: maximal runs of letters, digits and `_`,
+    /// lower-cased as Unicode says, cut at `maxWordBytes`, each once.
+    static func wordsByDefinition(_ text: String) -> [String] {
+        var result: [String] = []
+        var current = String.UnicodeScalarView()
+        func flush() {
+            guard !current.isEmpty else { return }
+            var w = String(current).lowercased()
+            if w.utf8.count > ErrorWords.maxWordBytes { w = String(decoding: w.utf8.prefix(ErrorWords.maxWordBytes), as: UTF8.self) }
+            if !result.contains(w) { result.append(w) }
+            current = String.UnicodeScalarView()
+        }
+        for c in text.unicodeScalars {
+            if c == "_" || c.properties.isAlphabetic || c.properties.numericType != nil { current.append(c) } else { flush() }
+        }
+        flush()
+        return result
+    }
+
+    @Test func theFastWordSplitterAgreesWithTheDefinition() {
+        let pieces = ["a", "Z", "q", "7", "_", " ", "-", ":", "\n", "É", "ß", "Σ", "ΟΔΟΣ", "İ", "ǅ", "٣", "½", "日本", "😀", "\u{301}",
+                      "Timeout", "REFUSED", String(repeating: "x", count: 199), "é"]
+        var rng = SystemRandomNumberGenerator()
+        for _ in 0..<2000 {
+            let text = (0..<Int.random(in: 0...12, using: &rng)).map { _ in pieces.randomElement(using: &rng)! }.joined()
+            #expect(ErrorWords.words(text) == Self.wordsByDefinition(text), "words of \(text.debugDescription)")
+        }
+    }
 }
