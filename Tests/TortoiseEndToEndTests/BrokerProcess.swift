@@ -42,7 +42,12 @@ final class BrokerProcess: @unchecked Sendable {
         for (k, v) in environment { env[k] = v }
         // Every start of this broker appends to one file, so a crash before a restart
         // stays readable.
-        let p = try ChildProcess(Self.binary("tortoised"), ["--data", directory, "--port", String(fixedPort ?? 0)] + arguments,
+        // Async tests resume on Swift's cooperative pool, as wide as the machine has cores
+        // (2 here), and the blocking tests of other suites can hold it for seconds: a
+        // test's AUTH must not run into the 10 s default for connections that never
+        // authenticate (a test of that limit sets its own).
+        let authTimeout = arguments.contains("--auth-timeout") ? [] : ["--auth-timeout", "120"]
+        let p = try ChildProcess(Self.binary("tortoised"), ["--data", directory, "--port", String(fixedPort ?? 0)] + authTimeout + arguments,
                                  environment: env, stdout: .pipe, stderr: .file(stderrPath, append: true))
         process = p
         let line = try Self.readLine(p.stdoutPipe, timeout: 30)
