@@ -22,6 +22,7 @@ final class Connection: Sendable {
     ) async throws(TortoiseClientError) -> Connection {
         let group = MultiThreadedEventLoopGroup.singleton
         let channel: Channel
+        let frames = FrameHandler(onPush: onPush, onClose: onClose)
         do {
             channel = try await ClientBootstrap(group: group)
                 .connectTimeout(.milliseconds(Int64(config.connectTimeout.components.seconds * 1000)))
@@ -29,18 +30,18 @@ final class Connection: Sendable {
                 .channelOption(.socketOption(.so_keepalive), value: 1)
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(FrameHandler(onPush: onPush, onClose: onClose))
+                        try channel.pipeline.syncOperations.addHandler(frames)
                     }
                 }
                 .connect(host: config.host, port: config.port).get()
         } catch {
             throw TortoiseClientError(.connectionFailed, "cannot reach the broker at \(config.host):\(config.port): \(error)")
         }
+        // The handler is the one added above, even if the broker closed the connection
+        // meanwhile (the pipeline is then empty): the first command says why.
         let connection: Connection
         do {
-            connection = try await channel.eventLoop.submit {
-                Connection(channel: channel, handler: try channel.pipeline.syncOperations.handler(type: FrameHandler.self))
-            }.get()
+            connection = try await channel.eventLoop.submit { Connection(channel: channel, handler: frames) }.get()
         } catch {
             throw TortoiseClientError(.connectionFailed, "cannot set up the connection: \(error)")
         }
@@ -110,6 +111,9 @@ final class FrameHandler: ChannelInboundHandler, @unchecked Sendable { // confin
     private var parser = ServerFrameParser()
     private var waiting = CircularBuffer<CheckedContinuation<ServerFrame, any Error>>()
     private var closed = false
+    /// An `ERR` the broker sent while no command waited (say, too many connections)
+    /// before it closed the connection: the reason later commands get.
+    private var unsolicitedError: TortoiseClientError?
     private var flushScheduled = false
     private let onPush: @Sendable (ServerFrame) -> Void
     private let onClose: @Sendable () -> Void
@@ -121,7 +125,7 @@ final class FrameHandler: ChannelInboundHandler, @unchecked Sendable { // confin
 
     func send(_ command: Command, _ cont: CheckedContinuation<ServerFrame, any Error>, channel: Channel) {
         guard !closed else {
-            cont.resume(throwing: TortoiseClientError(.connectionLost, "the connection to the broker is closed"))
+            cont.resume(throwing: unsolicitedError ?? TortoiseClientError(.connectionLost, "the connection to the broker is closed"))
             return
         }
         waiting.append(cont)
@@ -152,6 +156,7 @@ final class FrameHandler: ChannelInboundHandler, @unchecked Sendable { // confin
                     if let cont = waiting.popFirst() {
                         cont.resume(returning: frame)
                     } else {
+                        if case let .error(code, message) = frame { unsolicitedError = TortoiseClientError(.server(code), message) }
                         onPush(frame)
                     }
                 }
@@ -165,7 +170,7 @@ final class FrameHandler: ChannelInboundHandler, @unchecked Sendable { // confin
 
     func channelInactive(context: ChannelHandlerContext) {
         closed = true
-        failAll(TortoiseClientError(.connectionLost, "the connection to the broker was lost before its reply"))
+        failAll(unsolicitedError ?? TortoiseClientError(.connectionLost, "the connection to the broker was lost before its reply"))
         onClose()
         context.fireChannelInactive()
     }

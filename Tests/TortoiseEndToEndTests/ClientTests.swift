@@ -63,6 +63,33 @@ final class EventLog: Sendable {
         #expect(try await ok.put("q", "x") == 1)
     }
 
+    @Test func aFullBrokerSaysSoToEveryNewClient() async throws {
+        let broker = try BrokerProcess(arguments: ["--max-connections", "1"])
+        let holder = try broker.client()
+        #expect(try holder.call("PING") == .ok(["PONG"]))
+        // The broker's ERR comes before, with or after the client's first command; the
+        // client reports it every time, not a lost connection.
+        for _ in 0..<20 {
+            do {
+                let c = try await TortoiseClient.connect(broker.clientConfiguration)
+                _ = try await c.stats()
+                Issue.record("a connection past --max-connections was served")
+            } catch {
+                #expect(error.code == .server("INTERNAL") && error.message.contains("too many connections"), "\(error)")
+            }
+        }
+        holder.disconnect()
+        var served = false
+        for _ in 0..<50 where !served {
+            if let c = try? await TortoiseClient.connect(broker.clientConfiguration), (try? await c.ping()) != nil {
+                served = true
+            } else {
+                try await Task.sleep(for: .milliseconds(100))
+            }
+        }
+        #expect(served, "the slot of the closed connection was not freed")
+    }
+
     @Test func workerAcksNacksAndRequeues() async throws {
         let broker = try BrokerProcess()
         let client = try await TortoiseClient.connect(broker.clientConfiguration)
