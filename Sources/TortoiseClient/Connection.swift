@@ -72,6 +72,20 @@ final class Connection: Sendable {
         }
     }
 
+    /// Sends `TOUCH id` every `interval` from the connection's event loop until the
+    /// returned task is cancelled (its replies are not awaited). The event loop is not
+    /// Swift's cooperative pool: the touches go on while a handler blocks its thread, or
+    /// every thread of a pool as narrow as the machine's cores.
+    func touch(_ id: UInt64, every interval: Duration) -> RepeatedTask {
+        let handler = self.handler
+        let channel = self.channel
+        let (seconds, attoseconds) = interval.components
+        let amount = TimeAmount.nanoseconds(max(1_000_000, seconds * 1_000_000_000 + attoseconds / 1_000_000_000))
+        return channel.eventLoop.scheduleRepeatedTask(initialDelay: amount, delay: amount) { _ in
+            handler.value.sendIgnoringReply(.touch(id), channel: channel)
+        }
+    }
+
     /// Sends `command`, expecting `OK`; returns its words.
     func ok(_ command: Command) async throws(TortoiseClientError) -> [String] {
         let reply = try await send(command)
@@ -109,7 +123,8 @@ final class FrameHandler: ChannelInboundHandler, @unchecked Sendable { // confin
 
     private var buffer = ByteBuffer()
     private var parser = ServerFrameParser()
-    private var waiting = CircularBuffer<CheckedContinuation<ServerFrame, any Error>>()
+    /// Who gets each reply, in order: a caller, or nobody (a `TOUCH` sent on a timer).
+    private var waiting = CircularBuffer<CheckedContinuation<ServerFrame, any Error>?>()
     private var closed = false
     /// An `ERR` the broker sent while no command waited (say, too many connections)
     /// before it closed the connection: the reason later commands get.
@@ -129,6 +144,17 @@ final class FrameHandler: ChannelInboundHandler, @unchecked Sendable { // confin
             return
         }
         waiting.append(cont)
+        write(command, channel: channel)
+    }
+
+    /// Sends `command`; its reply is read and dropped. Does nothing once closed.
+    func sendIgnoringReply(_ command: Command, channel: Channel) {
+        guard !closed else { return }
+        waiting.append(nil)
+        write(command, channel: channel)
+    }
+
+    private func write(_ command: Command, channel: Channel) {
         var b = channel.allocator.buffer(capacity: 64)
         command.write(to: &b)
         channel.write(b, promise: nil)
@@ -153,8 +179,8 @@ final class FrameHandler: ChannelInboundHandler, @unchecked Sendable { // confin
                 case .error(let code, _) where code == ErrorCode.timeout.rawValue:
                     onPush(frame)
                 default:
-                    if let cont = waiting.popFirst() {
-                        cont.resume(returning: frame)
+                    if let waiter = waiting.popFirst() {
+                        waiter?.resume(returning: frame)
                     } else {
                         if case let .error(code, message) = frame { unsolicitedError = TortoiseClientError(.server(code), message) }
                         onPush(frame)
@@ -180,6 +206,6 @@ final class FrameHandler: ChannelInboundHandler, @unchecked Sendable { // confin
     }
 
     private func failAll(_ e: TortoiseClientError) {
-        while let c = waiting.popFirst() { c.resume(throwing: e) }
+        while let waiter = waiting.popFirst() { waiter?.resume(throwing: e) }
     }
 }

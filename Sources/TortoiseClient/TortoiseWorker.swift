@@ -219,15 +219,9 @@ public final class TortoiseWorker: Sendable {
     }
 
     private func work(_ task: TortoiseTask, _ connection: Connection) async throws(TortoiseClientError) {
-        let toucher: Task<Void, Never>? = options.touchInterval.map { interval in
-            Task {
-                while !Task.isCancelled {
-                    try? await Task.sleep(for: interval)
-                    if Task.isCancelled { return }
-                    _ = try? await connection.send(.touch(task.id))
-                }
-            }
-        }
+        // From the connection's event loop, not a Swift task: a handler that blocks its
+        // thread (or all of a narrow pool's) must not stop the touches meant for it.
+        let toucher = options.touchInterval.map { connection.touch(task.id, every: $0) }
         let outcome: Command
         do {
             try await handler(task)

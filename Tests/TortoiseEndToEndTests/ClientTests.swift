@@ -204,6 +204,30 @@ final class EventLog: Sendable {
         try await run.value
     }
 
+    @Test func aHandlerThatBlocksEveryThreadOfThePoolIsStillTouched() async throws {
+        // Blocking work in a handler (a synchronous library call) while every thread of
+        // Swift's cooperative pool is as busy: the touches still go out, from the
+        // connection's event loop, and the task is not taken back.
+        let broker = try BrokerProcess(arguments: ["--ack-timeout", "2"])
+        let client = try await TortoiseClient.connect(broker.clientConfiguration)
+        let log = EventLog()
+        var options = TortoiseWorker.Options()
+        options.touchInterval = .milliseconds(300)
+        options.onEvent = { log.record($0) }
+        let width = ProcessInfo.processInfo.activeProcessorCount
+        let worker = TortoiseWorker(configuration: broker.clientConfiguration, queues: ["blocking"], options: options) { _ in
+            await withTaskGroup(of: Void.self) { group in
+                for _ in 0..<width { group.addTask { usleep(4_000_000) } }
+            }
+        }
+        let run = Task { try await worker.run() }
+        let id = try await client.put("blocking", "x")
+        #expect(await log.wait(until: { $0.contains(.acknowledged(id)) }, timeout: 30), "\(log.all)")
+        #expect(!log.all.contains(.timedOut(id)), "\(log.all)")
+        worker.stop()
+        try await run.value
+    }
+
     @Test func aHandlerPastTheAckTimeoutIsReportedAsTimedOut() async throws {
         // No touches: the broker takes the task back while the handler still runs, and
         // says so as it closes the connection. The worker reports that, reconnects, and
