@@ -181,49 +181,34 @@ final class EventLog: Sendable {
         try await run.value
     }
 
-    @Test func longHandlersAreTouchedPastTheAckTimeout() async throws {
-        // A handler more than twice the ack timeout; touches every 300 ms leave a loaded
-        // machine (the whole suite runs at once on 2 cores) 2.7 s of slack. With 2 s
-        // (1.7 s of slack) it failed once in nine full-suite runs, most likely a touch too late:
-        // the broker then takes the task back and closes, and the worker sees a disconnect.
-        let broker = try BrokerProcess(arguments: ["--ack-timeout", "3"])
-        let client = try await TortoiseClient.connect(broker.clientConfiguration)
-        let log = EventLog()
-        var options = TortoiseWorker.Options()
-        options.touchInterval = .milliseconds(300)
-        options.onEvent = { log.record($0) }
-        let worker = TortoiseWorker(configuration: broker.clientConfiguration, queues: ["slow"], options: options) { _ in
-            try await Task.sleep(for: .milliseconds(6500))
-        }
-        let run = Task { try await worker.run() }
-        let id = try await client.put("slow", "x")
-        #expect(await log.wait(until: { $0.contains(.acknowledged(id)) }, timeout: 15))
-        #expect(!log.all.contains(.timedOut(id)), "\(log.all)")
-        #expect(!log.all.contains { if case .disconnected = $0 { return true } else { return false } }, "\(log.all)")
-        worker.stop()
-        try await run.value
-    }
-
-    @Test func aHandlerThatBlocksEveryThreadOfThePoolIsStillTouched() async throws {
-        // Blocking work in a handler (a synchronous library call) while every thread of
-        // Swift's cooperative pool is as busy: the touches still go out, from the
-        // connection's event loop, and the task is not taken back.
-        let broker = try BrokerProcess(arguments: ["--ack-timeout", "2"])
+    /// A handler well past the ack timeout, touched every 300 ms: one that sleeps, and one
+    /// that blocks every thread of Swift's cooperative pool (a synchronous library call,
+    /// CPU-bound work). The touches go out from the connection's event loop, so neither
+    /// loses its task; the blocking one did, at every delivery, when a Swift task sent
+    /// them. The sleeping one has 2.7 s of slack (with 1.7 s it once failed in nine
+    /// full-suite runs, most likely that same starved toucher).
+    @Test(arguments: [false, true]) func longHandlersAreTouchedPastTheAckTimeout(blockingThePool: Bool) async throws {
+        let broker = try BrokerProcess(arguments: ["--ack-timeout", blockingThePool ? "2" : "3"])
         let client = try await TortoiseClient.connect(broker.clientConfiguration)
         let log = EventLog()
         var options = TortoiseWorker.Options()
         options.touchInterval = .milliseconds(300)
         options.onEvent = { log.record($0) }
         let width = ProcessInfo.processInfo.activeProcessorCount
-        let worker = TortoiseWorker(configuration: broker.clientConfiguration, queues: ["blocking"], options: options) { _ in
-            await withTaskGroup(of: Void.self) { group in
-                for _ in 0..<width { group.addTask { usleep(4_000_000) } }
+        let worker = TortoiseWorker(configuration: broker.clientConfiguration, queues: ["slow"], options: options) { _ in
+            if blockingThePool {
+                await withTaskGroup(of: Void.self) { group in
+                    for _ in 0..<width { group.addTask { usleep(4_000_000) } }
+                }
+            } else {
+                try await Task.sleep(for: .milliseconds(6500))
             }
         }
         let run = Task { try await worker.run() }
-        let id = try await client.put("blocking", "x")
+        let id = try await client.put("slow", "x")
         #expect(await log.wait(until: { $0.contains(.acknowledged(id)) }, timeout: 30), "\(log.all)")
         #expect(!log.all.contains(.timedOut(id)), "\(log.all)")
+        #expect(!log.all.contains { if case .disconnected = $0 { return true } else { return false } }, "\(log.all)")
         worker.stop()
         try await run.value
     }
