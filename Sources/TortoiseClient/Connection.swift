@@ -79,8 +79,7 @@ final class Connection: Sendable {
     func touch(_ id: UInt64, every interval: Duration) -> RepeatedTask {
         let handler = self.handler
         let channel = self.channel
-        let (seconds, attoseconds) = interval.components
-        let amount = TimeAmount.nanoseconds(max(1_000_000, seconds * 1_000_000_000 + attoseconds / 1_000_000_000))
+        let amount = max(TimeAmount(interval), .milliseconds(1))
         return channel.eventLoop.scheduleRepeatedTask(initialDelay: amount, delay: amount) { _ in
             handler.value.sendIgnoringReply(.touch(id), channel: channel)
         }

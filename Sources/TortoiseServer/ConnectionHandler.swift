@@ -364,37 +364,27 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
         case let .failed(limit, text):
             guard let query = parseQuery(text) else { return }
             let store = broker.store
-            let spool = spoolSettings
+            let spool = newSpool
             // One failure at a time from the store to the spool: the reply may be far
             // bigger than memory should hold.
             runRead { () throws(StorageError) in
-                let out = ReplySpool(directory: spool.directory, memoryLimit: spool.memoryLimit)
-                let encoder = ReplyJSON.encoder()
+                let out = spool()
                 try out.append("{\"tasks\":[")
-                var first = true
                 let total = try store.failed(query, limit: limit) { (f) throws(StorageError) in
-                    if !first { try out.append(",") }
-                    first = false
-                    try out.append(ReplyJSON.encode(FailedTaskInfo(f), with: encoder))
+                    try out.appendElement(FailedTaskInfo(f))
                 }
-                try out.append("],\"total\":")
-                try out.append(String(total).utf8)
-                try out.append("}")
+                try out.append("],\"total\":\(total)}".utf8)
                 return try out.finish()
             }
         case let .errors(limit, text):
             guard let query = parseQuery(text) else { return }
             let store = broker.store
-            let spool = spoolSettings
+            let spool = newSpool
             runRead { () throws(StorageError) in
                 let groups = try store.errorGroups(query, limit: limit)
-                let out = ReplySpool(directory: spool.directory, memoryLimit: spool.memoryLimit)
-                let encoder = ReplyJSON.encoder()
+                let out = spool()
                 try out.append("{\"groups\":[")
-                for (i, g) in groups.enumerated() {
-                    if i > 0 { try out.append(",") }
-                    try out.append(ReplyJSON.encode(ErrorGroupInfo(g), with: encoder))
-                }
+                for g in groups { try out.appendElement(ErrorGroupInfo(g)) }
                 try out.append("]}")
                 return try out.finish()
             }
@@ -432,9 +422,11 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
         }
     }
 
-    /// Where and past what size a `JSON` reply's body is spooled to a file.
-    private var spoolSettings: (directory: String, memoryLimit: Int) {
-        (broker.config.dataDirectory, broker.config.replyMemoryLimit)
+    /// Makes the spool of a `JSON` reply's body (on the read pool): a file in the data
+    /// directory past the configured size.
+    private var newSpool: @Sendable () -> ReplySpool {
+        let (directory, memoryLimit) = (broker.config.dataDirectory, broker.config.replyMemoryLimit)
+        return { ReplySpool(directory: directory, memoryLimit: memoryLimit) }
     }
 
     /// Runs a read-only search on the thread pool; its JSON answers in order.

@@ -1,5 +1,6 @@
 import Foundation
 import NIOCore
+import TortoiseProtocol
 import TortoiseStorage
 
 /// The body of a `JSON` reply, written as it is encoded: in memory while it is small,
@@ -18,6 +19,8 @@ final class ReplySpool {
     private let memoryLimit: Int
     private var buffer = ByteBuffer()
     private var file: SpoolFile?
+    private let encoder = ReplyJSON.encoder()
+    private var elements = 0
 
     /// A spool that moves to a file in `directory` once the body passes `memoryLimit` bytes.
     init(directory: String, memoryLimit: Int) {
@@ -33,6 +36,14 @@ final class ReplySpool {
     func append(_ bytes: some Collection<UInt8>) throws(StorageError) {
         buffer.writeBytes(bytes)
         try spillIfBig()
+    }
+
+    /// Appends `value` as the next element of the body's array: a comma before all but
+    /// the first.
+    func appendElement(_ value: some Encodable) throws(StorageError) {
+        if elements > 0 { try append(",") }
+        elements += 1
+        try append(ReplyJSON.encode(value, with: encoder))
     }
 
     /// The whole body; the spool is spent.

@@ -144,8 +144,9 @@ struct FailedIndex {
         var total = 0
         try forEachMatch(query, txn) { (_, id, f) throws(StorageError) in
             total += 1
-            if handed < limit {
-                if let f { try each(f); handed += 1 } else if let f = try load(id, txn) { try each(f); handed += 1 }
+            if handed < limit, let record = f != nil ? f : try load(id, txn) {
+                try each(record)
+                handed += 1
             }
             return true
         }

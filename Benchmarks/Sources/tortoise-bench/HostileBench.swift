@@ -64,7 +64,7 @@ struct HostileBench: ParsableCommand {
             try worker.write("NACK \(head[1]) 13\r\nout of memory\r\n")
             nacked += 1
         }
-        let peakBefore = Self.peakMemory(pid)
+        let peakBefore = ScaleBench.memory(pid).peak
         let asker = try BlockingSocket(port: port)
         let asking = NIOLockedValueBox(true)
         let replies = NIOLockedValueBox((count: 0, bytes: 0, seconds: 0.0))
@@ -83,14 +83,7 @@ struct HostileBench: ParsableCommand {
         Thread.sleep(forTimeInterval: 1)
         let (count, bytes, took) = replies.withLockedValue { $0 }
         print(String(format: "  %d replies of %.1f MiB, %.2f s each; the broker's peak RSS rose by %.1f MiB",
-                     count, Double(bytes) / 1_048_576, took / Double(max(count, 1)), Double(Self.peakMemory(pid) - peakBefore) / 1024))
-    }
-
-    /// The peak resident memory of `pid` so far (VmHWM), in KiB.
-    static func peakMemory(_ pid: Int32) -> Int {
-        let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
-        return status.split(separator: "\n").first { $0.hasPrefix("VmHWM:") }
-            .flatMap { Int($0.split(separator: " ", omittingEmptySubsequences: true)[1]) } ?? 0
+                     count, Double(bytes) / 1_048_576, took / Double(max(count, 1)), Double(ScaleBench.memory(pid).peak - peakBefore) / 1024))
     }
 
     func run() throws {

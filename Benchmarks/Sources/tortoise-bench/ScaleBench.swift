@@ -52,12 +52,13 @@ struct ScaleBench: AsyncParsableCommand {
         b.process.waitUntilExit()
     }
 
-    static func memory(_ pid: Int32) -> (anon: Int, total: Int) {
+    /// The anonymous, total and peak (VmHWM) resident memory of `pid`, in KiB.
+    static func memory(_ pid: Int32) -> (anon: Int, total: Int, peak: Int) {
         let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
         func kb(_ key: String) -> Int {
             status.split(separator: "\n").first { $0.hasPrefix(key) }.flatMap { Int($0.split(separator: " ", omittingEmptySubsequences: true)[1]) } ?? 0
         }
-        return (kb("RssAnon:"), kb("VmRSS:"))
+        return (kb("RssAnon:"), kb("VmRSS:"), kb("VmHWM:"))
     }
 
 
