@@ -41,33 +41,43 @@ public struct CommandParser: Sendable {
     }
 
     private mutating func readLine(_ buffer: inout ByteBuffer) -> Result<Command, ProtocolError>? {
-        let view = buffer.readableBytesView
-        guard let nl = view.firstIndex(of: UInt8(ascii: "\n")) else {
-            if view.count >= Wire.maxLine {
+        let line: (words: [String], length: Int)? = buffer.withUnsafeReadableBytes { raw in
+            guard let nl = raw.prefix(Wire.maxLine).firstIndex(of: UInt8(ascii: "\n")) else { return nil }
+            return (Wire.words(UnsafeRawBufferPointer(rebasing: raw[..<nl]), omittingEmpty: true), nl + 1)
+        }
+        guard let (words, length) = line else {
+            if buffer.readableBytes >= Wire.maxLine {
                 return .failure(ProtocolError(.tooLarge, "line longer than \(Wire.maxLine) bytes"))
             }
             return nil
         }
-        let length = nl - view.startIndex + 1
-        if length > Wire.maxLine {
-            return .failure(ProtocolError(.tooLarge, "line longer than \(Wire.maxLine) bytes"))
-        }
-        var bytes = buffer.readBytes(length: length)!
-        bytes.removeLast()
-        if bytes.last == UInt8(ascii: "\r") { bytes.removeLast() }
-        let line = String(decoding: bytes, as: UTF8.self)
-        let words = line.split(separator: " ", omittingEmptySubsequences: true).map(String.init)
+        buffer.moveReaderIndex(forwardBy: length)
         guard let verb = words.first else {
             return .failure(ProtocolError(.badCommand, "empty line: expected a command such as PING"))
         }
         return parse(verb: verb, args: Array(words.dropFirst()), &buffer)
     }
 
-    private static let bodyArgs: [String: Int] = ["PUT": 2, "NACK": 2, "FAILED": 2, "REPLAY": 1, "DELETE": 1, "ERRORS": 2]
-    private static let lineArgs: [String: ClosedRange<Int>] = [
-        "PING": 0...0, "AUTH": 1...1, "SUB": 1...1, "ACK": 1...1, "REQUEUE": 1...2,
-        "TOUCH": 1...1, "STATS": 0...0, "QUIT": 0...0,
-    ]
+    /// The words a command with a body takes (the last is the body's size). A switch,
+    /// not a dictionary: hashing the verb cost more than the rest of the line.
+    private static func bodyArgs(_ verb: String) -> Int? {
+        switch verb {
+        case "PUT", "NACK", "FAILED", "ERRORS": 2
+        case "REPLAY", "DELETE": 1
+        default: nil
+        }
+    }
+
+    /// The words a command without a body takes.
+    private static func lineArgs(_ verb: String) -> ClosedRange<Int>? {
+        switch verb {
+        case "ACK", "SUB", "TOUCH", "AUTH": 1...1
+        case "PING", "STATS", "QUIT": 0...0
+        case "REQUEUE": 1...2
+        default: nil
+        }
+    }
+
     private static let usage: [String: String] = [
         "PING": "PING", "AUTH": "AUTH <token>", "PUT": "PUT <queue> <bytes>", "SUB": "SUB <queue>",
         "ACK": "ACK <id>", "NACK": "NACK <id> <bytes>", "REQUEUE": "REQUEUE <id> [<delay_ms>]",
@@ -76,7 +86,7 @@ public struct CommandParser: Sendable {
     ]
 
     private mutating func parse(verb: String, args: [String], _ buffer: inout ByteBuffer) -> Result<Command, ProtocolError>? {
-        if let want = Self.bodyArgs[verb] {
+        if let want = Self.bodyArgs(verb) {
             // The last word is the body's size; read the body even when the rest is wrong,
             // so that the next command starts where it should.
             guard let last = args.last else {
@@ -98,7 +108,7 @@ public struct CommandParser: Sendable {
             pending = PendingBody(verb: verb, args: Array(args.dropLast()), length: Int(n), deferred: deferred)
             return readBody(pending!, &buffer)
         }
-        guard let range = Self.lineArgs[verb] else {
+        guard let range = Self.lineArgs(verb) else {
             return .failure(ProtocolError(.badCommand, "unknown command '\(Self.clip(verb))'"))
         }
         guard range.contains(args.count) else {

@@ -22,6 +22,23 @@ public enum Wire {
                 || b == 0x2E || b == 0x5F || b == 0x2D || b == 0x3A
         }
     }
+
+    /// The words of a line (without its `\n`; a `\r` before it is dropped), cut at
+    /// single spaces as the protocol defines them, byte by byte: no Unicode segmentation
+    /// on the hottest path of both sides. Bytes that are not UTF-8 become U+FFFD.
+    static func words(_ line: UnsafeRawBufferPointer, omittingEmpty: Bool) -> [String] {
+        var end = line.count
+        if end > 0 && line[end - 1] == UInt8(ascii: "\r") { end -= 1 }
+        var words: [String] = []
+        var start = 0
+        for i in 0...end where i == end || line[i] == UInt8(ascii: " ") {
+            if i > start || !omittingEmpty {
+                words.append(String(decoding: UnsafeRawBufferPointer(rebasing: line[start..<i]), as: UTF8.self))
+            }
+            start = i + 1
+        }
+        return words
+    }
 }
 
 /// The error codes of `ERR` replies.

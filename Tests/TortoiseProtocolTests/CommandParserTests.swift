@@ -118,6 +118,20 @@ import TortoiseStorage
         #expect(results.count == 1)
     }
 
+    @Test func wordsAreCutAtSpacesOnly() {
+        // Runs of spaces, and spaces at either end, separate nothing more.
+        #expect(parse("  ACK   17  \r\n").map { try? $0.get() } == [.ack(17)])
+        #expect(parse("PUT  q  2\nab\n").map { try? $0.get() } == [.put(queue: "q", payload: ByteBuffer(string: "ab"))])
+        // A tab is part of a word, not a separator.
+        #expect(error("SUB\tq\r\n")?.message.contains("unknown command") == true)
+        #expect(error("ACK 1\t\r\n")?.code == .badArgument)
+        // A word that is not UTF-8 is an error about that word, and the next line still parses.
+        let results = parse(Array("SUB q".utf8) + [0xC3] + Array("\r\nPING\r\n".utf8))
+        #expect(results.count == 2)
+        if case .failure(let e)? = results.first { #expect(e.code == .badArgument) } else { Issue.record("a non-UTF-8 queue name was accepted") }
+        #expect((try? results.last?.get()) == .ping)
+    }
+
     @Test func aBadCommandWithABodyKeepsTheFraming() {
         let results = parse("PUT bad! 4\r\nPING\r\nPUT q a b 4\r\nPING\r\nPING\r\n")
         #expect(results.count == 3)
@@ -133,6 +147,9 @@ import TortoiseStorage
             .ok([]), .ok(["PONG"]), .ok(["42"]), .error(code: "NOT_FOUND", message: "task 1 is not held"),
             .json(ByteBuffer(string: "{\"total\":0}")),
             .message(id: 7, queue: "q", delivery: 2, payload: ByteBuffer(bytes: [13, 10, 0, 1])),
+            .ok(["1", "", "2"]), .error(code: "BAD_ARGUMENT", message: "two  spaces, kept"), .json(ByteBuffer()),
+            .message(id: .max, queue: String(repeating: "q", count: 128), delivery: 0, payload: ByteBuffer()),
+            .message(id: 0, queue: "a.b-c:d_e", delivery: 1_000_000, payload: ByteBuffer(string: "MSG 1 q 1 1")),
         ]
         var out = ByteBuffer()
         for f in frames { f.write(to: &out) }
@@ -147,6 +164,20 @@ import TortoiseStorage
             }
             #expect(got == frames, "chunk \(chunk)")
         }
+    }
+
+    @Test func framesAreWrittenAsTheContractSpells() {
+        func written(_ f: ServerFrame) -> String {
+            var out = ByteBuffer()
+            f.write(to: &out)
+            return String(buffer: out)
+        }
+        #expect(written(.ok([])) == "OK\r\n")
+        #expect(written(.ok(["18446744073709551615"])) == "OK 18446744073709551615\r\n")
+        #expect(written(.json(ByteBuffer(string: "{}"))) == "JSON 2\r\n{}\r\n")
+        #expect(written(.message(id: .max, queue: "emails", delivery: 10, payload: ByteBuffer(string: "hello")))
+                == "MSG 18446744073709551615 emails 10 5\r\nhello\r\n")
+        #expect(written(.message(id: 0, queue: "q", delivery: 1, payload: ByteBuffer())) == "MSG 0 q 1 0\r\n\r\n")
     }
 
     @Test func errorTextsStayOnOneLine() throws {
