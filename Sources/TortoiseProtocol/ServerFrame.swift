@@ -12,25 +12,41 @@ public enum ServerFrame: Equatable, Sendable {
     /// `MSG <id> <queue> <delivery> <bytes>` + body
     case message(id: TaskID, queue: String, delivery: Int, payload: ByteBuffer)
 
-    /// Writes the frame as the server sends it.
+    /// Writes the frame as the server sends it. The header is written piece by piece:
+    /// building it as an interpolated String was a tenth of the broker's work per message.
     public func write(to buffer: inout ByteBuffer) {
         switch self {
         case .ok(let words):
-            buffer.writeString(words.isEmpty ? "OK\r\n" : "OK \(words.joined(separator: " "))\r\n")
+            buffer.writeStaticString("OK")
+            for w in words {
+                buffer.writeInteger(UInt8(ascii: " "))
+                buffer.writeString(w)
+            }
+            buffer.writeStaticString("\r\n")
         case let .error(code, message):
             // A reply is one line: keep the text on it.
             let text = message.replacingOccurrences(of: "\r", with: " ").replacingOccurrences(of: "\n", with: " ")
             buffer.writeString("ERR \(code) \(text)\r\n")
         case .json(let body):
             var b = body
-            buffer.writeString("JSON \(b.readableBytes)\r\n")
+            buffer.writeStaticString("JSON ")
+            buffer.writeDecimal(UInt64(b.readableBytes))
+            buffer.writeStaticString("\r\n")
             buffer.writeBuffer(&b)
-            buffer.writeString("\r\n")
+            buffer.writeStaticString("\r\n")
         case let .message(id, queue, delivery, payload):
             var p = payload
-            buffer.writeString("MSG \(id) \(queue) \(delivery) \(p.readableBytes)\r\n")
+            buffer.writeStaticString("MSG ")
+            buffer.writeDecimal(id)
+            buffer.writeInteger(UInt8(ascii: " "))
+            buffer.writeString(queue)
+            buffer.writeInteger(UInt8(ascii: " "))
+            buffer.writeDecimal(UInt64(clamping: delivery))
+            buffer.writeInteger(UInt8(ascii: " "))
+            buffer.writeDecimal(UInt64(p.readableBytes))
+            buffer.writeStaticString("\r\n")
             buffer.writeBuffer(&p)
-            buffer.writeString("\r\n")
+            buffer.writeStaticString("\r\n")
         }
     }
 
@@ -62,11 +78,10 @@ public struct ServerFrameParser: Sendable {
                 if view.count > 64 * 1024 { throw Malformed(message: "server line too long") }
                 return nil
             }
-            var bytes = buffer.readBytes(length: nl - view.startIndex + 1)!
-            bytes.removeLast()
-            if bytes.last == UInt8(ascii: "\r") { bytes.removeLast() }
-            let line = String(decoding: bytes, as: UTF8.self)
-            let words = line.split(separator: " ", omittingEmptySubsequences: false).map(String.init)
+            let length = nl - view.startIndex + 1
+            let words = buffer.withUnsafeReadableBytes { raw in Wire.words(UnsafeRawBufferPointer(rebasing: raw[..<(length - 1)]), omittingEmpty: false) }
+            buffer.moveReaderIndex(forwardBy: length)
+            let line = words.joined(separator: " ")
             switch words.first {
             case "OK":
                 return .ok(Array(words.dropFirst()))
@@ -92,5 +107,23 @@ public struct ServerFrameParser: Sendable {
             throw Malformed(message: "bad MSG header '\(header.joined(separator: " "))'")
         }
         return .message(id: id, queue: header[2], delivery: delivery, payload: body)
+    }
+}
+
+extension ByteBuffer {
+    /// Writes `value` in decimal ASCII digits.
+    mutating func writeDecimal(_ value: UInt64) {
+        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0) // 24 bytes: room for 20 digits
+        let count = withUnsafeMutableBytes(of: &digits) { d -> Int in
+            var v = value
+            var i = d.count
+            repeat {
+                i -= 1
+                d[i] = UInt8(ascii: "0") + UInt8(v % 10)
+                v /= 10
+            } while v > 0
+            return d.count - i
+        }
+        withUnsafeBytes(of: &digits) { d in _ = writeBytes(UnsafeRawBufferPointer(rebasing: d[(d.count - count)...])) }
     }
 }
