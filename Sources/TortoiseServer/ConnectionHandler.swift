@@ -29,7 +29,16 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
     private(set) var subscriptions: [Dispatcher.QueueState] = []
     private var subscribed = Set<String>()
     private var held: TaskID?
+    /// When the held task's ack timeout runs out (each delivery and TOUCH moves it).
+    private var heldDeadline = NIODeadline.distantFuture
+    /// At most one timer, armed for the deadline it saw: when it fires before a moved
+    /// deadline, it arms itself again. Scheduling and cancelling a timer for every
+    /// delivery was a tenth of the event loop's work per task.
     private var heldTimer: Scheduled<Void>?
+    /// From the configuration, read on every command (a copy of the whole configuration
+    /// each time was not free).
+    private let maxPendingReplies: Int
+    private let ackTimeout: TimeAmount?
     private var epoch: UInt64 = 0
     private(set) var closed = false
     private var authTimer: Scheduled<Void>?
@@ -38,6 +47,8 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
         self.broker = broker
         self.parser = CommandParser(maxBody: broker.config.maxBody)
         self.authenticated = broker.config.token == nil
+        self.maxPendingReplies = broker.config.maxPendingReplies
+        self.ackTimeout = broker.config.ackTimeoutSeconds > 0 ? .seconds(Int64(broker.config.ackTimeoutSeconds)) : nil
     }
 
     /// Whether this worker is idle since it was marked so with `epoch`.
@@ -125,7 +136,7 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
 
     /// The client has too many replies outstanding, or is not reading what it was sent.
     private var throttled: Bool {
-        replies.count >= broker.config.maxPendingReplies || !(context?.channel.isWritable ?? true)
+        replies.count >= maxPendingReplies || !(context?.channel.isWritable ?? true)
     }
 
     /// Unparsed input past which the broker stops reading from the client.
@@ -353,7 +364,7 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
                 replyNow(.error(Self.notHeld(id)))
                 return
             }
-            startAckTimer(id)
+            startAckTimer()
             replyNow(.ok([]))
         case .stats:
             whenEarlierRepliesAreDone { [self] slot in
@@ -496,8 +507,6 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
             return false
         }
         held = nil
-        heldTimer?.cancel()
-        heldTimer = nil
         return true
     }
 
@@ -528,20 +537,28 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
         var b = context.channel.allocator.buffer(capacity: task.payload.count + 64)
         ServerFrame.message(id: task.id, queue: task.queue, delivery: task.delivery, payload: ByteBuffer(bytes: task.payload)).write(to: &b)
         context.writeAndFlush(wrapOutboundOut(.byteBuffer(b)), promise: nil)
-        startAckTimer(task.id)
+        startAckTimer()
     }
 
-    private func startAckTimer(_ id: TaskID) {
-        heldTimer?.cancel()
-        let seconds = broker.config.ackTimeoutSeconds
-        guard seconds > 0 else { return }
-        heldTimer = broker.loop.scheduleTask(in: .seconds(Int64(seconds))) { [self] in ackTimedOut(id) }
+    /// Starts (or moves) the held task's ack timeout.
+    private func startAckTimer() {
+        guard let ackTimeout else { return }
+        heldDeadline = .now() + ackTimeout
+        if heldTimer == nil { armAckTimer() }
     }
 
-    private func ackTimedOut(_ id: TaskID) {
-        guard held == id, let context else { return }
-        held = nil
+    private func armAckTimer() {
+        heldTimer = broker.loop.scheduleTask(deadline: heldDeadline) { [self] in ackTimerFired() }
+    }
+
+    private func ackTimerFired() {
         heldTimer = nil
+        guard let id = held, !closed, let context else { return }
+        if NIODeadline.now() < heldDeadline {
+            armAckTimer()
+            return
+        }
+        held = nil
         broker.logger.warning("a worker held task \(id) past the ack timeout of \(broker.config.ackTimeoutSeconds)s; returning it and closing the connection")
         broker.release(id)
         var b = context.channel.allocator.buffer(capacity: 80)

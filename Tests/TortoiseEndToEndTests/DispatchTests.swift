@@ -159,6 +159,30 @@ import TortoiseProtocol
         #expect(moved.id == m.id && moved.delivery == 2)
     }
 
+    @Test func eachDeliveryGetsAWholeAckTimeoutOfItsOwn() throws {
+        // The broker keeps one timer per worker and moves its deadline: the timer armed
+        // for the first task must not cut the second one short.
+        let broker = try BrokerProcess(arguments: ["--ack-timeout", "1"])
+        let p = try broker.client()
+        let w = try broker.client()
+        let first = try p.put("q", "a")
+        let second = try p.put("q", "b")
+        #expect(try w.call("SUB q") == .ok([]))
+        #expect(try w.message().id == first)
+        Thread.sleep(forTimeInterval: 0.7)
+        #expect(try w.call("ACK \(first)") == .ok([]))
+        #expect(try w.message().id == second)
+        // Past the first task's deadline, well within the second's.
+        Thread.sleep(forTimeInterval: 0.6)
+        #expect(try w.call("ACK \(second)") == .ok([]))
+        // And the second's own deadline still holds: a third task held too long times out.
+        let third = try p.put("q", "c")
+        #expect(try w.message().id == third)
+        let f = try w.frame(timeout: 3)
+        guard case let .error(code, _) = f else { Issue.record("expected ERR TIMEOUT, got \(f)"); return }
+        #expect(code == "TIMEOUT")
+    }
+
     @Test func theDeliveryLimitMovesATaskToTheFailedStore() throws {
         let broker = try BrokerProcess(arguments: ["--max-deliveries", "2"])
         let p = try broker.client()
