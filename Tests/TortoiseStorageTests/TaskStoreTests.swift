@@ -208,6 +208,31 @@ import Testing
         _ = try await store.put("q", payload)
     }
 
+    @Test func countsStayExactWhenBatchesChangeAQueueManyTimes() async throws {
+        // A batch keeps each queue's counts in memory and writes them once at its end.
+        let dir = freshDirectory()
+        var store = try openStore(dir)
+        let puts = await store.performAll(Array(repeating: .put(queue: "a", payload: [1]), count: 100)
+            + Array(repeating: .put(queue: "b", payload: [2]), count: 100) + [.put(queue: "c", payload: [3])])
+        #expect(puts.allSatisfy { if case .success(.put) = $0 { true } else { false } })
+        let takes = await store.performAll(Array(repeating: .take(queue: "a"), count: 60) + [.take(queue: "c")])
+        let taken = takes.compactMap { r -> TaskID? in if case .success(.taken(let t?)) = r { t.id } else { nil } }
+        #expect(taken.count == 61)
+        let a = Array(taken.prefix(60))
+        let settled = await store.performAll(a[0..<20].map { .ack($0) } + a[20..<40].map { .nack($0, error: "boom") }
+            + a[40..<60].map { .requeue($0, readyAt: nil) } + [.ack(taken[60]), .ack(taken[60])])
+        // The second ACK of the same task fails alone; the rest of its batch stands.
+        #expect(settled.dropLast().allSatisfy { if case .success = $0 { true } else { false } })
+        if case .failure(let e)? = settled.last { #expect(e.code == .notFound) } else { Issue.record("a task was acked twice") }
+        let expected: [String: QueueCounts] = ["a": QueueCounts(ready: 60, failed: 20), "b": QueueCounts(ready: 100)]
+        #expect(try store.counts() == expected)
+        store.close()
+        store = try openStore(dir)
+        defer { store.close() }
+        #expect(try store.counts() == expected)
+        #expect(try store.readyIDs("a").count == 60)
+    }
+
     @Test func groupCommitSharesFlushesAmongConcurrentCallers() async throws {
         let store = try openStore(freshDirectory())
         defer { store.close() }

@@ -45,3 +45,29 @@ extension TaskStore {
         try await take(queue).map { String(decoding: $0.payload, as: UTF8.self) }
     }
 }
+
+extension TaskStore {
+    /// Submits `ops` all at once (so that they share batches) and waits for every outcome.
+    func performAll(_ ops: [StoreOperation]) async -> [Result<StoreOutcome, StorageError>] {
+        final class Outcomes: @unchecked Sendable {
+            let lock = NSLock()
+            var results: [Result<StoreOutcome, StorageError>?]
+            var left: Int
+            init(_ n: Int) { results = Array(repeating: nil, count: n); left = n }
+        }
+        guard !ops.isEmpty else { return [] }
+        return await withCheckedContinuation { cont in
+            let outcomes = Outcomes(ops.count)
+            for (i, op) in ops.enumerated() {
+                submit(op) { r in
+                    let done: [Result<StoreOutcome, StorageError>]? = outcomes.lock.withLock {
+                        outcomes.results[i] = r
+                        outcomes.left -= 1
+                        return outcomes.left == 0 ? outcomes.results.map { $0! } : nil
+                    }
+                    if let done { cont.resume(returning: done) }
+                }
+            }
+        }
+    }
+}
