@@ -863,16 +863,17 @@ final class StoreEngine: @unchecked Sendable {
         try read { (txn) throws(StorageError) -> DeliveredTask? in
             let prefix = StoreTables.queuePrefix(queue)
             return try txn.withCursor(t.ready) { (c) throws(StorageError) -> DeliveredTask? in
-                var e = try c.seek(atOrAfter: prefix)
-                while let entry = e, entry.key.starts(with: prefix) {
-                    let id = UInt64(bigEndianBytes: entry.value)
-                    if !skipping.contains(id), let bytes = try txn.get(t.tasks, StoreTables.taskKey(id)) {
-                        let rec = try TaskRecord(decoding: bytes)
-                        return DeliveredTask(id: id, queue: queue, payload: rec.payload, delivery: Int(rec.deliveries) + 1)
-                    }
-                    e = try c.next()
+                // The tasks being claimed are still at the front: step over them in place.
+                var found: DeliveredTask?
+                try c.walk(from: prefix) { (key, value) throws(StorageError) in
+                    guard key.starts(with: prefix) else { return false }
+                    let id = UInt64(bigEndianBytes: value)
+                    guard !skipping.contains(id), let bytes = try txn.get(t.tasks, StoreTables.taskKey(id)) else { return true }
+                    let rec = try TaskRecord(decoding: bytes)
+                    found = DeliveredTask(id: id, queue: queue, payload: rec.payload, delivery: Int(rec.deliveries) + 1)
+                    return false
                 }
-                return nil
+                return found
             }
         }
     }

@@ -40,6 +40,26 @@ public struct LMDBCursor: ~Copyable {
         return (copyOut(k), copyOut(v))
     }
 
+    /// Visits the entries from the first at or after `key`, in order, until `body` returns
+    /// false or the table ends. `body` sees each key and value in place in the map, valid
+    /// only during its call: nothing is copied, so a walk that skips entries costs no
+    /// allocation for them.
+    public func walk(from key: [UInt8],
+                     _ body: (_ key: UnsafeRawBufferPointer, _ value: UnsafeRawBufferPointer) throws(StorageError) -> Bool) throws(StorageError) {
+        var k = MDB_val()
+        var v = MDB_val()
+        var rc = key.withUnsafeBytes { kb in
+            k = MDB_val(mv_size: kb.count, mv_data: UnsafeMutableRawPointer(mutating: kb.baseAddress))
+            return mdb_cursor_get(handle, &k, &v, MDB_SET_RANGE)
+        }
+        while rc != MDB_NOTFOUND {
+            try check(rc, "moving a cursor")
+            guard try body(UnsafeRawBufferPointer(start: k.mv_data, count: k.mv_size),
+                           UnsafeRawBufferPointer(start: v.mv_data, count: v.mv_size)) else { return }
+            rc = mdb_cursor_get(handle, &k, &v, MDB_NEXT)
+        }
+    }
+
     /// The first entry.
     public func first() throws(StorageError) -> Entry? { try move(MDB_FIRST) }
     /// The last entry.
