@@ -7,7 +7,7 @@ import TortoiseStorage
 
 /// `tortoised`: the broker.
 @main
-struct Tortoised: AsyncParsableCommand {
+struct Tortoised: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tortoised",
         abstract: "The TortoiseMQ broker: durable work queues and a searchable failed-task store.",
@@ -82,7 +82,23 @@ struct Tortoised: AsyncParsableCommand {
         }
     }
 
-    func run() async throws {
+    /// Runs the broker on a task of its own while the main thread waits for it: an async
+    /// `main` hands the main thread to dispatch for good (`dispatch_main`), which valgrind
+    /// cannot follow, and the broker is profiled with callgrind (docs/benchmarks.md).
+    func run() throws {
+        final class Outcome: @unchecked Sendable { var error: (any Error)? }
+        let outcome = Outcome()
+        let done = DispatchSemaphore(value: 0)
+        let command = self
+        Task.detached {
+            do { try await command.serve() } catch { outcome.error = error }
+            done.signal()
+        }
+        done.wait()
+        if let error = outcome.error { throw error }
+    }
+
+    func serve() async throws {
         // Blocks of 256 KiB and more (task payloads, large replies) are mapped and given
         // back to the system when freed. glibc's default raises that threshold to the
         // largest block freed so far, after which such blocks come from the heap, whose
