@@ -5,13 +5,15 @@ struct ByteWriter {
 
     init(capacity: Int = 32) { bytes.reserveCapacity(capacity) }
 
+    // Fixed-width numbers go in with one append each, not one per byte: every record,
+    // key and redo-log batch is written through here.
     mutating func u8(_ v: UInt8) { bytes.append(v) }
-    mutating func u32(_ v: UInt32) { for s in stride(from: 24, through: 0, by: -8) { bytes.append(UInt8(truncatingIfNeeded: v >> UInt32(s))) } }
-    mutating func u64(_ v: UInt64) { for s in stride(from: 56, through: 0, by: -8) { bytes.append(UInt8(truncatingIfNeeded: v >> UInt64(s))) } }
+    mutating func u32(_ v: UInt32) { withUnsafeBytes(of: v.bigEndian) { bytes.append(contentsOf: $0) } }
+    mutating func u64(_ v: UInt64) { withUnsafeBytes(of: v.bigEndian) { bytes.append(contentsOf: $0) } }
     mutating func i64(_ v: Int64) { u64(UInt64(bitPattern: v) ^ (1 << 63)) }
     mutating func raw<C: Collection>(_ c: C) where C.Element == UInt8 { bytes.append(contentsOf: c) }
     /// A string with a 32-bit length in front.
-    mutating func string(_ s: String) { let u = Array(s.utf8); u32(UInt32(u.count)); raw(u) }
+    mutating func string(_ s: String) { u32(UInt32(s.utf8.count)); raw(s.utf8) }
 }
 
 /// Reads what ``ByteWriter`` wrote; a short or damaged record throws `corrupt`.
