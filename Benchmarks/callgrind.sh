@@ -7,7 +7,8 @@
 # only: the kernel's share (fdatasync, socket calls, wake-ups) is not in it.
 #   bash Benchmarks/callgrind.sh [tortoised binary ...]   (default: a release build of this tree)
 # Several binaries (say, a build of main and one of a branch) run one after the other
-# with the same workload. PREFILL=n changes the prefill.
+# with the same workload. PREFILL=n changes the prefill; KEEP=DIR keeps the profiles
+# there (callgrind_annotate --tree=calling DIR/profile-1.1 shows who calls what).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -48,6 +49,7 @@ for bin in "${bins[@]}"; do
     callgrind_control -d "$pid" >/dev/null 2>&1
     stop_started
     profile="$work/profile-$n.1"
+    if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP"; cp "$profile" "$KEEP/"; fi
     total=$(awk '/^summary:/ {print $2}' "$profile")
     inclusive=$(callgrind_annotate --inclusive=yes --threshold=100 "$profile" 2>/dev/null | swift demangle --simplified)
     loop=$(grep -m1 'closure #1 in closure #1 in static ThreadOpsPosix.run' <<<"$inclusive" | awk '{gsub(",", "", $1); print $1}')
