@@ -4,6 +4,18 @@
 # PIDs of everything started; stop_started stops them.
 pids=()
 
+# install_and_build [PACKAGE...]: installs the Debian packages given, then sets up and
+# builds tortoised and tortoise-bench in release mode (from the repository's root).
+install_and_build() {
+    if [ $# -gt 0 ]; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+    fi
+    bash scripts/setup.sh
+    swift build -c release --product tortoised 2>&1 | tail -1
+    swift build -c release --package-path Benchmarks 2>&1 | tail -1
+}
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 
 wait_port() {

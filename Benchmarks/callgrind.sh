@@ -13,16 +13,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-if ! command -v valgrind >/dev/null; then
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null
-fi
-bash scripts/setup.sh
-swift build -c release --product tortoised 2>&1 | tail -1
-swift build -c release --package-path Benchmarks 2>&1 | tail -1
+source "$root/Benchmarks/brokers.sh"
+need=()
+command -v valgrind >/dev/null || need+=(valgrind)
+install_and_build "${need[@]}"
 
 work=$(mktemp -d /tmp/tortoise-callgrind-XXXXXX)
-source "$root/Benchmarks/brokers.sh"
 trap 'stop_started; rm -rf "$work"' EXIT
 
 bins=("$@")

@@ -11,16 +11,10 @@ root=$PWD
 need=()
 command -v beanstalkd >/dev/null || need+=(beanstalkd)
 [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || need+=(rabbitmq-server)
-if [ ${#need[@]} -gt 0 ]; then
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-bash scripts/setup.sh
-swift build -c release --product tortoised 2>&1 | tail -1
-swift build -c release --package-path Benchmarks 2>&1 | tail -1
+source "$root/Benchmarks/brokers.sh"
+install_and_build "${need[@]}"
 
 work=$(mktemp -d /tmp/tortoise-compare-XXXXXX)
-source "$root/Benchmarks/brokers.sh"
 trap 'stop_started; rm -rf "$work"' EXIT
 
 tport=$(free_port); bport=$(free_port); rport=$(free_port); eport=$(free_port); dport=$(free_port)
