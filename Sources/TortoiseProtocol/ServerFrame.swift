@@ -36,17 +36,54 @@ public enum ServerFrame: Equatable, Sendable {
             buffer.writeStaticString("\r\n")
         case let .message(id, queue, delivery, payload):
             var p = payload
-            buffer.writeStaticString("MSG ")
-            buffer.writeDecimal(id)
-            buffer.writeInteger(UInt8(ascii: " "))
-            buffer.writeString(queue)
-            buffer.writeInteger(UInt8(ascii: " "))
-            buffer.writeDecimal(UInt64(clamping: delivery))
-            buffer.writeInteger(UInt8(ascii: " "))
-            buffer.writeDecimal(UInt64(p.readableBytes))
-            buffer.writeStaticString("\r\n")
+            Self.writeMessageHeader(id: id, queue: queue, delivery: delivery, length: p.readableBytes, to: &buffer)
             buffer.writeBuffer(&p)
             buffer.writeStaticString("\r\n")
+        }
+    }
+
+    /// Writes a `MSG` frame whose payload is in an array (as the store hands it out),
+    /// without first making a `ByteBuffer` of it.
+    public static func writeMessage(id: TaskID, queue: String, delivery: Int, payload: [UInt8], to buffer: inout ByteBuffer) {
+        writeMessageHeader(id: id, queue: queue, delivery: delivery, length: payload.count, to: &buffer)
+        buffer.writeBytes(payload)
+        buffer.writeStaticString("\r\n")
+    }
+
+    /// `MSG <id> <queue> <delivery> <bytes>\r\n`, written in one step: a task's header
+    /// is written for every delivery, and each of NIO's small writes checks and grows
+    /// the buffer on its own.
+    private static func writeMessageHeader(id: TaskID, queue: String, delivery: Int, length: Int, to buffer: inout ByteBuffer) {
+        var queue = queue
+        queue.withUTF8 { name in
+            // "MSG " + 3 numbers of at most 20 digits + 3 spaces + "\r\n".
+            _ = buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: name.count + 69) { out in
+                var at = 0
+                func byte(_ b: UInt8) { out[at] = b; at += 1 }
+                func decimal(_ value: UInt64) {
+                    var v = value
+                    var digits = 0
+                    repeat { digits += 1; v /= 10 } while v > 0
+                    v = value
+                    for i in stride(from: at + digits - 1, through: at, by: -1) {
+                        out[i] = UInt8(ascii: "0") + UInt8(v % 10)
+                        v /= 10
+                    }
+                    at += digits
+                }
+                for b in "MSG ".utf8 { byte(b) }
+                decimal(id)
+                byte(UInt8(ascii: " "))
+                UnsafeMutableRawBufferPointer(rebasing: out[at..<at + name.count]).copyMemory(from: UnsafeRawBufferPointer(name))
+                at += name.count
+                byte(UInt8(ascii: " "))
+                decimal(UInt64(clamping: delivery))
+                byte(UInt8(ascii: " "))
+                decimal(UInt64(length))
+                byte(UInt8(ascii: "\r"))
+                byte(UInt8(ascii: "\n"))
+                return at
+            }
         }
     }
 

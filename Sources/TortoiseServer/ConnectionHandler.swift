@@ -534,8 +534,8 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
             needsDrain = false
             flushReplies(resumeReading: false)
         }
-        var b = context.channel.allocator.buffer(capacity: task.payload.count + 64)
-        ServerFrame.message(id: task.id, queue: task.queue, delivery: task.delivery, payload: ByteBuffer(bytes: task.payload)).write(to: &b)
+        var b = context.channel.allocator.buffer(capacity: task.payload.count + task.queue.utf8.count + 72)
+        ServerFrame.writeMessage(id: task.id, queue: task.queue, delivery: task.delivery, payload: task.payload, to: &b)
         context.writeAndFlush(wrapOutboundOut(.byteBuffer(b)), promise: nil)
         startAckTimer()
     }

@@ -178,6 +178,12 @@ import TortoiseStorage
         #expect(written(.message(id: .max, queue: "emails", delivery: 10, payload: ByteBuffer(string: "hello")))
                 == "MSG 18446744073709551615 emails 10 5\r\nhello\r\n")
         #expect(written(.message(id: 0, queue: "q", delivery: 1, payload: ByteBuffer())) == "MSG 0 q 1 0\r\n\r\n")
+        // The broker's path for a payload the store hands out as an array.
+        let queue = String(repeating: "z", count: 128)
+        var direct = ByteBuffer()
+        ServerFrame.writeMessage(id: 9_999_999_999, queue: queue, delivery: 3, payload: Array("a\r\nb".utf8), to: &direct)
+        #expect(String(buffer: direct) == written(.message(id: 9_999_999_999, queue: queue, delivery: 3, payload: ByteBuffer(string: "a\r\nb"))))
+        #expect(String(buffer: direct) == "MSG 9999999999 \(queue) 3 4\r\na\r\nb\r\n")
     }
 
     @Test func errorTextsStayOnOneLine() throws {
