@@ -104,11 +104,26 @@ final class Broker: @unchecked Sendable {
         repliesDeferred = []
         for c in deferred { c.flushDeferredReplies() }
         let more = completions.withLockedValue { !$0.work.isEmpty && $0.scheduled }
-        if more {
-            // A timed task, so the loop polls for I/O before the next pass.
+        guard more else {
+            passesInARow = 0
+            return
+        }
+        if batch.count < Self.completionsPerPass && passesInARow < Self.passesInARowAtMost {
+            // Completions that came during a short pass run at once, in this tick of
+            // the loop: waiting for a timer here held a producer's OK back by up to
+            // 200 µs whenever the writer finished a batch during a pass.
+            passesInARow += 1
+            loop.execute { [self] in runCompletions() }
+        } else {
+            // A flood: a timed task, so the loop polls for I/O before the next pass.
+            passesInARow = 0
             loop.scheduleTask(in: .microseconds(200)) { [self] in runCompletions() }
         }
     }
+
+    /// Passes run one after the other without a poll for I/O between them, and the most.
+    private var passesInARow = 0
+    private static let passesInARowAtMost = 4
 
     // MARK: Connections
 
