@@ -33,10 +33,9 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
     private var heldDeadline = NIODeadline.distantFuture
     /// At most one timer, armed for the deadline it saw: when it fires before a moved
     /// deadline, it arms itself again. Scheduling and cancelling a timer for every
-    /// delivery was a tenth of the event loop's work per task.
+    /// delivery was about 3% of the event loop's instructions per task.
     private var heldTimer: Scheduled<Void>?
-    /// From the configuration, read on every command (a copy of the whole configuration
-    /// each time was not free).
+    /// From the configuration, read on every command.
     private let maxPendingReplies: Int
     private let ackTimeout: TimeAmount?
     private var epoch: UInt64 = 0
