@@ -59,7 +59,7 @@ public struct CommandParser: Sendable {
     }
 
     /// The words a command with a body takes (the last is the body's size). A switch,
-    /// not a dictionary: hashing the verb cost more than the rest of the line.
+    /// not a dictionary: no hashing of the verb on every line.
     private static func bodyArgs(_ verb: String) -> Int? {
         switch verb {
         case "PUT", "NACK", "FAILED", "ERRORS": 2
