@@ -251,7 +251,7 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
                     }
                     // A spooled body goes from its file to the socket (sendfile), between
                     // the bytes before it and its closing line.
-                    b.writeString("JSON \(spooled.length)\r\n")
+                    ServerFrame.writeJSONHeader(length: spooled.length, to: &b)
                     context.write(wrapOutboundOut(.byteBuffer(b)), promise: nil)
                     let handle = NIOFileHandle(_deprecatedTakingOwnershipOfDescriptor: spooled.takeDescriptor())
                     let region = FileRegion(fileHandle: handle, readerIndex: 0, endIndex: spooled.length)
