@@ -210,9 +210,9 @@ struct FailedIndex {
         var result: [ErrorGroup] = []
         for g in tallies.prefix(limit) {
             let example = try load(g.newestID, txn)?.error ?? ""
-            var queues = g.queues?.sorted()
-            if queues == nil { queues = try queuesOf(g.group, txn) }
-            result.append(ErrorGroup(group: g.group, example: example, count: g.count, queues: queues!,
+            let queues: [String]
+            if let matched = g.queues { queues = matched.sorted() } else { queues = try queuesOf(g.group, txn) }
+            result.append(ErrorGroup(group: g.group, example: example, count: g.count, queues: queues,
                                      firstFailedAt: g.firstFailedAt, lastFailedAt: g.lastFailedAt))
         }
         return result

@@ -17,7 +17,6 @@ struct RabbitScaleBench: ParsableCommand {
     @Option(help: "Queues for the connection test.") var queues = 1000
     @Option(help: "Consumer connections for the connection test.") var workers = 2000
 
-
     /// The node's memory, as printed; after `settle` seconds (RabbitMQ frees lazily).
     func memory(settle: Double = 0) -> String {
         if settle > 0 { Thread.sleep(forTimeInterval: settle) }

@@ -61,7 +61,6 @@ struct ScaleBench: AsyncParsableCommand {
         return (kb("RssAnon:"), kb("VmRSS:"), kb("VmHWM:"))
     }
 
-
     func run() async throws {
         let dir = directory + "/tortoise-scale-\(getpid())"
         defer { try? FileManager.default.removeItem(atPath: dir) }
