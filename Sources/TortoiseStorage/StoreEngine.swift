@@ -545,6 +545,8 @@ final class StoreEngine: @unchecked Sendable {
             var appended: Int?
             do throws(StorageError) {
                 try env.withWriteTransaction { (txn) throws(StorageError) in
+                    // Emptied here, not after the save: an attempt that failed (the map
+                    // was full) starts again from what LMDB holds.
                     batchCounts.removeAll(keepingCapacity: true)
                     for op in ops {
                         if full && op.adds {
@@ -810,7 +812,6 @@ final class StoreEngine: @unchecked Sendable {
             let key = Array(queue.utf8)
             if counts.isEmpty { try txn.delete(t.queues, key) } else { try txn.put(t.queues, key, counts.encoded()) }
         }
-        batchCounts.removeAll(keepingCapacity: true)
     }
 
     // MARK: Recovery
