@@ -300,20 +300,32 @@ public final class TaskStore: @unchecked Sendable {
                     item.completion(result)
                 }
             }
-            if !durable.isEmpty {
+            if durable.isEmpty {
+                // Nobody waits for this record, but the next flush must take it along: if
+                // the log moves to its other file before then, a flush of that file alone
+                // would confirm records that follow one still only in the page cache (and
+                // the replay stops at the first missing number).
+                if let file {
+                    syncCondition.lock()
+                    toSyncFiles |= 1 << file
+                    syncCondition.unlock()
+                }
+            } else {
                 writerCondition.lock()
                 let nobodyWaits = pending.isEmpty
                 writerCondition.unlock()
                 syncCondition.lock()
+                if let file { toSyncFiles |= 1 << file }
                 if nobodyWaits && toSync.isEmpty && !syncing {
                     // Nothing to overlap the flush with: flush here rather than wake the
                     // flusher (a thread hand-off costs about as much as the flush).
                     syncing = true
+                    let files = toSyncFiles
+                    toSyncFiles = 0
                     syncCondition.unlock()
-                    flushAndComplete(durable, files: file.map { 1 << $0 } ?? 0)
+                    flushAndComplete(durable, files: files)
                 } else {
                     toSync.append(contentsOf: durable)
-                    if let file { toSyncFiles |= 1 << file }
                     syncCondition.signal()
                     syncCondition.unlock()
                 }
