@@ -35,6 +35,10 @@ final class StoreEngine: @unchecked Sendable {
     private var committed: UInt64 = 0
     /// The file the last batch's record went to, if it changed anything.
     private(set) var lastLogFile: Int?
+    /// The error of a failed flush of a taken-back log record, if one failed: that
+    /// record may be on disk whole while its batch failed, and the store must halt
+    /// (writer-only).
+    private(set) var retractionFailure: StorageError?
     // Writer-only state.
     private var nextID: UInt64 = 1
     private var nextSeq: UInt64 = 1
@@ -582,7 +586,7 @@ final class StoreEngine: @unchecked Sendable {
                 }
                 return results
             } catch where error.code == .diskFull || (error.code == .io && Self.hasNoRoom(ballastPath)) {
-                if appended != nil { log.retract() }
+                if let appended { retract(appended) }
                 // LMDB reports a write cut short by a full disk as EIO: ask the filesystem.
                 // Give up the ballast's room to the changes that free space, and refuse
                 // the ones that add data until the disk has room again.
@@ -592,7 +596,7 @@ final class StoreEngine: @unchecked Sendable {
                 full = true
                 diskFullRetryAt = currentMillis() + 1000
             } catch where error.code == .storageFull {
-                if appended != nil { log.retract() }
+                if let appended { retract(appended) }
                 do throws(StorageError) {
                     let limit = !full && replaying == nil ? env.maxMapSize : env.maxMapSize + env.reserve
                     if try !env.grow(limit: limit) {
@@ -609,9 +613,22 @@ final class StoreEngine: @unchecked Sendable {
                     return ops.map { _ in .failure(error) }
                 }
             } catch {
-                if appended != nil { log.retract() }
+                if let appended { retract(appended) }
                 return ops.map { _ in .failure(error) }
             }
+        }
+    }
+
+    /// Takes back the record of a batch that did not commit, and flushes the taken-back
+    /// record before the batch's callers hear that it failed: a flush for earlier
+    /// batches, running meanwhile on the flusher thread, may have put it on disk whole,
+    /// and after a power cut it would be applied again.
+    private func retract(_ file: Int) {
+        log.retract()
+        do throws(StorageError) {
+            try log.flush(1 << file)
+        } catch {
+            retractionFailure = retractionFailure ?? error
         }
     }
 

@@ -284,6 +284,10 @@ public final class TaskStore: @unchecked Sendable {
                 // A checkpoint the writer took to free pages (the map was full) failed.
                 halt(StorageError(failure.code, "checkpointing the store's file failed (\(failure.message))"))
             }
+            if let failure = engine.retractionFailure {
+                // A failed batch's record may be on disk whole: it must not be followed.
+                halt(StorageError(.io, "flushing the redo log to disk failed (\(failure.message)): a change that failed may be on disk"))
+            }
             let file = engine.lastLogFile
             if engine.log.takeHalfFull() && flushesDataInBackground {
                 flusherCondition.lock()
