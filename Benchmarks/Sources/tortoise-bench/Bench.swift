@@ -9,12 +9,15 @@ struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tortoise-bench",
         abstract: "TortoiseMQ benchmarks (figures as ratios to a baseline measured in the same run).",
-        subcommands: [StorageBench.self, SearchBench.self, CompareBench.self, ScaleBench.self, PipeliningBench.self, HostileBench.self, RoundTripBench.self, RabbitScaleBench.self, FanOutBench.self]
+        subcommands: [StorageBench.self, SearchBench.self, CompareBench.self, ScaleBench.self, PipeliningBench.self, HostileBench.self, RoundTripBench.self, RabbitScaleBench.self, FanOutBench.self, HandOffBench.self]
     )
 }
 
 /// A size given in KiB (as /proc gives it), in MiB with one decimal.
 func mib(_ kib: Int) -> String { String(format: "%.1f MiB", Double(kib) / 1024) }
+
+/// `s` right-aligned in `n` columns, for tables.
+func pad(_ s: String, _ n: Int) -> String { String(repeating: " ", count: max(0, n - s.count)) + s }
 
 /// Seconds from `start` to now.
 func elapsedSeconds(since start: DispatchTime) -> Double {

@@ -98,8 +98,6 @@ struct StorageBench: AsyncParsableCommand {
         }
     }
 
-    func pad(_ s: String, _ n: Int) -> String { String(repeating: " ", count: max(0, n - s.count)) + s }
-
     func rawFsyncRate(path: String, seconds: Double) -> Double {
         let fd = open(path, O_RDWR | O_CREAT, 0o644)
         defer { close(fd); unlink(path) }
