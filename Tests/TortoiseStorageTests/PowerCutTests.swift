@@ -39,7 +39,8 @@ import TortoiseTestSupport
         reopened.close()
     }
 
-    /// Random mixes of durable changes (put, ack, nack, requeue, replay) and changes
+    /// Random mixes of durable changes (put, ack, nack, requeue, delayed requeue, replay,
+    /// delete) and changes
     /// nobody waits for (take, claim, release), with log files small enough to move from
     /// one to the other every few changes and checkpoints now and then; after each mix, a
     /// power cut. The store opened on what reached the disk holds exactly the tasks the
@@ -66,6 +67,8 @@ import TortoiseTestSupport
         var live: [TaskID: String] = [:]
         var held: [TaskID] = []
         var failed: Set<TaskID> = []
+        var delayed: Set<TaskID> = []
+        var failedQueues: [TaskID: String] = [:]
         var switchesSeen = 0
         for cut in 1...20 {
             for _ in 0..<Int.random(in: 5...40, using: &rng) {
@@ -91,11 +94,17 @@ import TortoiseTestSupport
                 case 70..<78 where !held.isEmpty:
                     let id = held.remove(at: Int.random(in: 0..<held.count, using: &rng))
                     _ = try await store.perform(.nack(id, error: "boom \(Int.random(in: 0..<3, using: &rng))"))
+                    failedQueues[id] = live[id]
                     live[id] = nil
                     failed.insert(id)
-                case 78..<86 where !held.isEmpty:
+                case 78..<84 where !held.isEmpty:
                     let id = held.remove(at: Int.random(in: 0..<held.count, using: &rng))
                     _ = try await store.perform(Bool.random(using: &rng) ? .release(id) : .requeue(id, readyAt: nil))
+                case 84..<86 where !held.isEmpty:
+                    // Back in an hour: delayed, not ready.
+                    let id = held.remove(at: Int.random(in: 0..<held.count, using: &rng))
+                    _ = try await store.perform(.requeue(id, readyAt: currentMillis() + 3_600_000))
+                    delayed.insert(id)
                 case 86..<90 where !failed.isEmpty:
                     let replayed = try store.allFailures().filter { $0.queue == queue }.map(\.id)
                     var query = FailedQuery()
@@ -105,7 +114,13 @@ import TortoiseTestSupport
                         failed.remove(id)
                         live[id] = queue
                     }
-                case 90..<93:
+                case 90..<92 where !failed.isEmpty:
+                    let deleted = try store.allFailures().filter { $0.queue == queue }.map(\.id)
+                    var query = FailedQuery()
+                    query.queues = [queue]
+                    _ = try await store.perform(.delete(query))
+                    failed.subtract(deleted)
+                case 92..<95:
                     try store.flushData()
                 default:
                     break
@@ -124,12 +139,15 @@ import TortoiseTestSupport
                     ready[id] = q
                 }
             }
-            #expect(ready == live, "after power cut \(cut) (seed \(seed)): missing \(Set(live.keys).subtracting(ready.keys).sorted()), unexpected \(Set(ready.keys).subtracting(live.keys).sorted())")
+            let waiting = live.filter { !delayed.contains($0.key) }
+            #expect(ready == waiting, "after power cut \(cut) (seed \(seed)): missing \(Set(waiting.keys).subtracting(ready.keys).sorted()), unexpected \(Set(ready.keys).subtracting(waiting.keys).sorted())")
             #expect(Set(try reopened.allFailures().map(\.id)) == failed, "failures after power cut \(cut) (seed \(seed))")
             let counts = try reopened.counts()
             for q in queues {
-                #expect((counts[q]?.ready ?? 0) == live.values.filter { $0 == q }.count, "ready count of \(q) after power cut \(cut) (seed \(seed))")
+                #expect((counts[q]?.ready ?? 0) == waiting.values.filter { $0 == q }.count, "ready count of \(q) after power cut \(cut) (seed \(seed))")
                 #expect((counts[q]?.inflight ?? 0) == 0)
+                #expect((counts[q]?.delayed ?? 0) == delayed.filter { live[$0] == q }.count, "delayed count of \(q) after power cut \(cut) (seed \(seed))")
+                #expect((counts[q]?.failed ?? 0) == failedQueues.filter { failed.contains($0.key) && $0.value == q }.count, "failed count of \(q) after power cut \(cut) (seed \(seed))")
             }
             reopened.close()
         }
