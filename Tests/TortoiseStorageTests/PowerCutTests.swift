@@ -40,11 +40,11 @@ import TortoiseTestSupport
     }
 
     /// Random mixes of durable changes (put, ack, nack, requeue, delayed requeue, replay,
-    /// delete) and changes
-    /// nobody waits for (take, claim, release), with log files small enough to move from
-    /// one to the other every few changes and checkpoints now and then; after each mix, a
-    /// power cut. The store opened on what reached the disk holds exactly the tasks the
-    /// confirmed changes left, each in its place (ready, or failed), with counts to match.
+    /// delete) and changes nobody waits for (take, claim, release), with log files small
+    /// enough to move from one to the other every few changes and checkpoints now and
+    /// then; after each mix, a power cut. The store opened on what reached the disk holds
+    /// exactly the tasks the confirmed changes left, each in its place (ready, delayed or
+    /// failed), with counts to match.
     @Test func confirmedChangesSurvivePowerCutsAtRandomPoints() async throws {
         let disk: FaultyDisk
         do {
