@@ -122,6 +122,23 @@ import TortoiseTestSupport
                     failed.subtract(deleted)
                 case 92..<95:
                     try store.flushData()
+                case 95..<100:
+                    // A burst submitted at once: puts, deliveries and acks share batches,
+                    // and flushes overlap the next batch.
+                    let acks = held.shuffled(using: &rng).prefix(Int.random(in: 0...3, using: &rng))
+                    held.removeAll { acks.contains($0) }
+                    var ops: [StoreOperation] = acks.map { .ack($0) }
+                    for _ in 0..<Int.random(in: 1...8, using: &rng) {
+                        ops.append(Bool.random(using: &rng) ? .put(queue: queue, payload: Array(repeating: 7, count: 300)) : .take(queue: queue))
+                    }
+                    for result in await store.performAll(ops) {
+                        switch try result.get() {
+                        case .put(let id): live[id] = queue
+                        case .taken(let t?): held.append(t.id)
+                        default: break
+                        }
+                    }
+                    for id in acks { live[id] = nil }
                 default:
                     break
                 }
