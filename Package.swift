@@ -23,9 +23,14 @@ let package = Package(
             pkgConfig: "lmdb",
             providers: [.apt(["liblmdb-dev"])]
         ),
+        .systemLibrary(
+            name: "CZlib",
+            pkgConfig: "zlib",
+            providers: [.apt(["zlib1g-dev"])]
+        ),
         .target(
             name: "TortoiseStorage",
-            dependencies: ["CLMDB"]
+            dependencies: ["CLMDB", "CZlib"]
         ),
         .target(
             name: "TortoiseProtocol",

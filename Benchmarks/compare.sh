@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One command for the side-by-side benchmark: installs what is missing (beanstalkd,
-# rabbitmq-server, liblmdb-dev), builds tortoised and the load generator in release mode,
+# rabbitmq-server, liblmdb-dev, zlib1g-dev), builds tortoised and the load generator in release mode,
 # starts each broker on 127.0.0.1 with its data in a fresh directory, runs the matrix
 # (3 runs, median per cell), stops each broker by its PID and prints one table.
 #   bash Benchmarks/compare.sh [extra tortoise-bench compare flags]

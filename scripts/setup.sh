@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs what building TortoiseMQ needs on a fresh Debian machine: the LMDB library
-# (Debian's liblmdb-dev) and pkg-config; with --tests, also what the tests use. Swift
+# (Debian's liblmdb-dev), zlib (zlib1g-dev, for its CRC-32) and pkg-config; with --tests, also what the tests use. Swift
 # itself must already be on the PATH.
 set -euo pipefail
 missing=()
 dpkg -s liblmdb-dev >/dev/null 2>&1 || missing+=(liblmdb-dev)
+dpkg -s zlib1g-dev >/dev/null 2>&1 || missing+=(zlib1g-dev)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 if [ "${1:-}" = "--tests" ]; then
     # The disk-failure tests put an ext4 file system on a loop device.

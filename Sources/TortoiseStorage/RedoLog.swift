@@ -1,3 +1,4 @@
+import CZlib
 import Foundation
 
 /// One group-commit batch as the redo log keeps it: everything needed to apply the
@@ -275,20 +276,14 @@ final class RedoLog: @unchecked Sendable {
     }
 }
 
-/// CRC-32 (IEEE), for the redo log's records.
+/// CRC-32 (IEEE 802.3, the one of gzip and PNG), for the redo log's records and the
+/// checkpoint file: zlib's, which reads several bytes a step (a byte-at-a-time table was
+/// 8% of the writer thread's time with 64 callers).
 enum CRC32 {
-    private static let table: [UInt32] = (0..<256).map { (i: UInt32) -> UInt32 in
-        var c = i
-        for _ in 0..<8 { c = c & 1 != 0 ? 0xEDB8_8320 ^ (c >> 1) : c >> 1 }
-        return c
-    }
-
-    static func checksum<C: Collection>(_ bytes: C) -> UInt32 where C.Element == UInt8 {
-        var c: UInt32 = 0xFFFF_FFFF
-        table.withUnsafeBufferPointer { t in
-            for b in bytes { c = t[Int((c ^ UInt32(b)) & 0xFF)] ^ (c >> 8) }
+    static func checksum<B: ContiguousBytes>(_ bytes: B) -> UInt32 {
+        bytes.withUnsafeBytes { b in
+            UInt32(truncatingIfNeeded: crc32_z(0, b.baseAddress?.assumingMemoryBound(to: Bytef.self), b.count))
         }
-        return c ^ 0xFFFF_FFFF
     }
 }
 

@@ -35,6 +35,27 @@ import Testing
         #expect(LoggedBatch.decode(bytes, at: next) == nil)
     }
 
+    /// The checksum in every record and checkpoint already on disk is the standard
+    /// CRC-32: a different one would make a store unreadable after an upgrade.
+    @Test func theChecksumIsTheStandardCRC32() {
+        #expect(CRC32.checksum([UInt8]()) == 0)
+        #expect(CRC32.checksum(Array("123456789".utf8)) == 0xCBF4_3926)
+        #expect(CRC32.checksum(Array("The quick brown fox jumps over the lazy dog".utf8)) == 0x414F_A339)
+        let bytes = Array("xx123456789".utf8)
+        #expect(CRC32.checksum(bytes[2...]) == 0xCBF4_3926)
+        // What earlier builds computed with a byte-at-a-time table, over a whole record.
+        var table: [UInt32] = []
+        for i in UInt32(0)..<256 {
+            var c = i
+            for _ in 0..<8 { c = c & 1 != 0 ? 0xEDB8_8320 ^ (c >> 1) : c >> 1 }
+            table.append(c)
+        }
+        let record = LoggedBatch(number: 9, now: 8, nextID: 7, nextSeq: 6, maxDeliveries: 5, ops: Self.everyOperation).encoded()
+        var c: UInt32 = 0xFFFF_FFFF
+        for b in record { c = table[Int((c ^ UInt32(b)) & 0xFF)] ^ (c >> 8) }
+        #expect(CRC32.checksum(record) == c ^ 0xFFFF_FFFF)
+    }
+
     @Test func aDamagedRecordIsNotRead() {
         let record = LoggedBatch(number: 1, now: 2, nextID: 3, nextSeq: 4, maxDeliveries: 5, ops: Self.everyOperation).encoded()
         for i in stride(from: 0, to: record.count, by: 7) {
