@@ -7,6 +7,7 @@ final class BlockingSocket: @unchecked Sendable { // each one is used by one thr
     private var buffer = [UInt8](repeating: 0, count: 1 << 16)
     private var start = 0
     private var end = 0
+    private var readTimeout = 0.0
 
     struct Failure: Error, CustomStringConvertible { var description: String }
 
@@ -29,8 +30,12 @@ final class BlockingSocket: @unchecked Sendable { // each one is used by one thr
 
     deinit { close(fd) }
 
-    /// Waits at most `seconds` for a read; later reads block again.
+    /// Every later read waits at most `seconds` (0: as long as it takes). Setting the
+    /// value already set makes no system call: a worker that waits with the same
+    /// timeout for each task pays nothing per task for it.
     func setReadTimeout(_ seconds: Double) {
+        guard seconds != readTimeout else { return }
+        readTimeout = seconds
         var tv = timeval(tv_sec: Int(seconds), tv_usec: Int((seconds - Double(Int(seconds))) * 1e6))
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
     }

@@ -150,7 +150,6 @@ final class TortoiseConsumer: BenchConsumer {
     }
     func next(timeout: Double) throws -> (UInt64, [UInt8])? {
         socket.setReadTimeout(timeout)
-        defer { socket.setReadTimeout(0) }
         do {
             while stashed.isEmpty { try readFrame() }
         } catch let e as BlockingSocket.Failure where e.description == "timeout" {
@@ -163,6 +162,7 @@ final class TortoiseConsumer: BenchConsumer {
         unconfirmedAcks += 1
     }
     func finish() throws {
+        socket.setReadTimeout(0)
         while unconfirmedAcks > 0 { try readFrame() }
     }
 }
@@ -199,7 +199,6 @@ final class RabbitConsumer: BenchConsumer {
     }
     func next(timeout: Double) throws -> (UInt64, [UInt8])? {
         client.setReadTimeout(timeout)
-        defer { client.setReadTimeout(0) }
         do {
             let d = try client.nextDelivery()
             return (d.tag, d.body)
