@@ -11,13 +11,7 @@ import TortoiseTestSupport
     /// which nobody waits for) must reach the disk with it: the replay reads the batches
     /// in an unbroken run of numbers, and would stop at the lost one before the confirmed.
     @Test func aChangeConfirmedInTheLogsOtherFileSurvivesAPowerCut() async throws {
-        let disk: FaultyDisk
-        do {
-            disk = try FaultyDisk(in: freshDirectory())
-        } catch {
-            Issue.record("no loop-device disk here (not root?), the test did not run: \(error)")
-            return
-        }
+        guard let disk = faultyDisk() else { return }
         defer { disk.tearDown() }
         let dir = disk.mountPoint + "/data"
         // Room for two records of 600 bytes in a log file, but not three. The power cut
@@ -46,13 +40,7 @@ import TortoiseTestSupport
     /// exactly the tasks the confirmed changes left, each in its place (ready, delayed or
     /// failed), with counts to match.
     @Test func confirmedChangesSurvivePowerCutsAtRandomPoints() async throws {
-        let disk: FaultyDisk
-        do {
-            disk = try FaultyDisk(in: freshDirectory())
-        } catch {
-            Issue.record("no loop-device disk here (not root?), the test did not run: \(error)")
-            return
-        }
+        guard let disk = faultyDisk() else { return }
         defer { disk.tearDown() }
         let dir = disk.mountPoint + "/data"
         var c = testConfiguration(dir, backgroundCheckpoints: false, logFileSize: 2048)

@@ -1,4 +1,5 @@
 import Foundation
+import Testing
 import TortoiseStorage
 import TortoiseTestSupport
 
@@ -8,6 +9,17 @@ let testBase = testProcessDirectory("tortoise-tests")
 /// A fresh data directory (not created yet) in ``testBase``.
 func freshDirectory(_ name: String = #function) -> String {
     freshDirectory(in: testBase, for: name)
+}
+
+/// A new ``FaultyDisk`` for the test `name`; nil, with a recorded issue saying why, where
+/// there can be none (it needs root and loop devices).
+func faultyDisk(_ name: String = #function) -> FaultyDisk? {
+    do {
+        return try FaultyDisk(in: freshDirectory(name))
+    } catch {
+        Issue.record("no loop-device disk here (not root?), the test did not run: \(error)")
+        return nil
+    }
 }
 
 /// A store configuration for tests: a 1 MiB map that may grow to 1 GiB; with
