@@ -14,7 +14,7 @@ import TortoiseTestSupport
     /// when it halts; nil, with a recorded issue saying why, where there is no such disk
     /// (it needs root and loop devices).
     private func storeOnFaultyDisk(_ name: String = #function) throws -> (store: TaskStore, disk: FaultyDisk, dir: String, halts: Halts)? {
-        guard let disk = faultyDisk(name) else { return nil }
+        guard let disk = faultyDisk(in: nil, name) else { return nil }
         let dir = disk.mountPoint + "/data"
         let halts = Halts()
         // The power cut comes before the next checkpoint of LMDB's file (in production

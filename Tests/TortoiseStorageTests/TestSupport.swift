@@ -11,11 +11,11 @@ func freshDirectory(_ name: String = #function) -> String {
     freshDirectory(in: testBase, for: name)
 }
 
-/// A new ``FaultyDisk`` for the test `name`; nil, with a recorded issue saying why, where
-/// there can be none (it needs root and loop devices).
-func faultyDisk(_ name: String = #function) -> FaultyDisk? {
+/// A new ``FaultyDisk`` in `folder` (default: a fresh one for the test `name`); nil, with a
+/// recorded issue saying why, where there can be none (it needs root and loop devices).
+func faultyDisk(in folder: String? = nil, _ name: String = #function) -> FaultyDisk? {
     do {
-        return try FaultyDisk(in: freshDirectory(name))
+        return try FaultyDisk(in: folder ?? freshDirectory(name))
     } catch {
         Issue.record("no loop-device disk here (not root?), the test did not run: \(error)")
         return nil

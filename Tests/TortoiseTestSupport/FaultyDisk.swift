@@ -107,12 +107,46 @@ public final class FaultyDisk: @unchecked Sendable {
         return at
     }
 
+    /// Forgets the disk without taking it down, as a test process that was killed would
+    /// (for the test of ``takeDownEverything(under:)``).
+    public func abandon() {
+        mounts = []
+        loops = []
+    }
+
     /// Unmounts and detaches everything; safe to call more than once.
     public func tearDown() {
         for m in mounts.reversed() { _ = try? Self.run("/bin/umount", "-l", m) }
         mounts = []
         for l in loops.reversed() { _ = try? Self.run("/sbin/losetup", "-d", l) }
         loops = []
+    }
+
+    /// Unmounts every file system mounted under `folder` and detaches the loop devices
+    /// whose backing files lie under it: what the disks of a test process that was
+    /// killed leave behind. Does nothing where it may not (not root).
+    public static func takeDownEverything(under folder: String) {
+        let prefix = folder.hasSuffix("/") ? folder : folder + "/"
+        // Looked up while the tmpfs holding a disk's backing file is still mounted (after,
+        // losetup shows the file's path inside the tmpfs only). A loop device still in
+        // use is detached once its file system is unmounted.
+        // "/dev/loop3: [0043]:2 (/tmp/.../disk.img)"
+        let loops = (try? run("/sbin/losetup", "-a")) ?? ""
+        for line in loops.split(separator: "\n") {
+            guard let open = line.firstIndex(of: "("), line.last == ")",
+                  line[line.index(after: open)..<line.index(before: line.endIndex)].hasPrefix(prefix),
+                  let colon = line.firstIndex(of: ":") else { continue }
+            _ = try? run("/sbin/losetup", "-d", String(line[..<colon]))
+        }
+        let mounts = (try? String(contentsOfFile: "/proc/mounts", encoding: .utf8)) ?? ""
+        let points = mounts.split(separator: "\n").compactMap { line -> String? in
+            let fields = line.split(separator: " ")
+            guard fields.count > 2 else { return nil }
+            // /proc/mounts writes a space in a path as \040.
+            let point = fields[1].replacingOccurrences(of: "\\040", with: " ")
+            return point.hasPrefix(prefix) ? point : nil
+        }
+        for point in points { _ = try? run("/bin/umount", "-l", point) }
     }
 
     private static func attach(_ file: String) throws -> String {
