@@ -12,6 +12,7 @@ public func testProcessDirectory(_ root: String) -> String {
     for name in (try? FileManager.default.contentsOfDirectory(atPath: root)) ?? [] {
         guard let pid = Int32(name), pid != getpid() else { continue }
         if kill(pid, 0) != 0 && errno == ESRCH {
+            killProcesses(naming: root + "/" + name)
             FaultyDisk.takeDownEverything(under: root + "/" + name)
             try? FileManager.default.removeItem(atPath: root + "/" + name)
         }
@@ -19,6 +20,19 @@ public func testProcessDirectory(_ root: String) -> String {
     let mine = root + "/" + String(getpid())
     try? FileManager.default.createDirectory(atPath: mine, withIntermediateDirectories: true)
     return mine
+}
+
+/// Kills (SIGKILL) every process whose command line names a path in `folder`: the
+/// brokers a test process that was killed had started with their data there, which
+/// outlive it.
+func killProcesses(naming folder: String) {
+    let prefix = folder.hasSuffix("/") ? folder : folder + "/"
+    for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
+        guard let pid = Int32(entry), pid != getpid(),
+              let cmdline = FileManager.default.contents(atPath: "/proc/\(entry)/cmdline") else { continue }
+        let arguments = cmdline.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+        if arguments.contains(where: { $0.hasPrefix(prefix) || $0.contains("=" + prefix) }) { kill(pid, SIGKILL) }
+    }
 }
 
 /// A fresh path (not created yet) in `base`, named after the test.
