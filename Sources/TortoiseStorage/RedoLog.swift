@@ -76,7 +76,7 @@ struct LoggedBatch: Equatable {
 /// in it is in a flushed LMDB file. At open, the batches after the one LMDB holds are
 /// applied again.
 ///
-/// The writer thread appends; the flusher thread calls ``flush(_:)``; the background
+/// The writer thread appends; the flusher thread calls ``flushWritten()``; the background
 /// LMDB flush reports through ``dataFlushed(through:)``.
 final class RedoLog: @unchecked Sendable {
     private let fds: [Int32]
@@ -94,6 +94,8 @@ final class RedoLog: @unchecked Sendable {
     // Shared with the background flush.
     private let lock = NSLock()
     private var newestBatch: [UInt64] = [0, 0]
+    /// The files written since the last ``flushWritten()`` began (bit 0: wal-0).
+    private var unflushed = 0
     private var flushedData: UInt64 = 0
     private var switchCount = 0
     /// How many times the writer moved to the other file.
@@ -238,6 +240,7 @@ final class RedoLog: @unchecked Sendable {
         offset += record.count
         lock.lock()
         newestBatch[current] = batch.number
+        unflushed |= 1 << current
         lock.unlock()
         return current
     }
@@ -260,11 +263,24 @@ final class RedoLog: @unchecked Sendable {
         lastRecord = nil
     }
 
-    /// Flushes the files in `files` (bit 0: wal-0, bit 1: wal-1).
-    func flush(_ files: Int) throws(StorageError) {
+    /// Flushes every file written since the last call began: the records of every batch
+    /// appended before this call, whichever file each went to. (Records nobody waits for,
+    /// a delivery's, go along: when the log has just moved to its other file, flushing
+    /// that file alone would confirm records that follow one only in the page cache, and
+    /// the replay stops at the first missing number.) One caller at a time.
+    func flushWritten() throws(StorageError) {
+        lock.lock()
+        let files = unflushed
+        unflushed = 0
+        lock.unlock()
         for i in 0..<2 where files & (1 << i) != 0 {
             if fdatasync(fds[i]) != 0 { throw Self.failure("cannot flush", paths[i]) }
         }
+    }
+
+    /// Flushes `file` now (a taken-back record, while another flush may be under way).
+    func flush(file: Int) throws(StorageError) {
+        if fdatasync(fds[file]) != 0 { throw Self.failure("cannot flush", paths[file]) }
     }
 
     /// LMDB's file is on disk with every batch up to `through`: log records up to it

@@ -33,8 +33,6 @@ final class StoreEngine: @unchecked Sendable {
     private(set) var batchNumber: UInt64 = 0
     private let committedLock = NSLock()
     private var committed: UInt64 = 0
-    /// The file the last batch's record went to, if it changed anything.
-    private(set) var lastLogFile: Int?
     /// The error of a failed flush of a taken-back log record, if one failed: that
     /// record may be on disk whole while its batch failed, and the store must halt
     /// (writer-only).
@@ -525,7 +523,6 @@ final class StoreEngine: @unchecked Sendable {
     /// transaction, and its record is written to the redo log before it commits.
     /// `replaying` applies a logged batch again, with its clock and counters.
     func apply(_ ops: [StoreOperation], replaying: LoggedBatch? = nil) -> [Result<StoreOutcome, StorageError>] {
-        lastLogFile = nil
         // Past the ceiling (in the reserve), only changes that add nothing run.
         // A logged batch was accepted once: applying it again refuses nothing, and may
         // grow the map into the reserve.
@@ -579,7 +576,6 @@ final class StoreEngine: @unchecked Sendable {
                 countersCommitted()
                 if !logged.isEmpty {
                     batchNumber = replaying?.number ?? batchNumber + 1
-                    lastLogFile = appended
                     committedLock.lock()
                     committed = batchNumber
                     committedLock.unlock()
@@ -626,7 +622,7 @@ final class StoreEngine: @unchecked Sendable {
     private func retract(_ file: Int) {
         log.retract()
         do throws(StorageError) {
-            try log.flush(1 << file)
+            try log.flush(file: file)
         } catch {
             retractionFailure = retractionFailure ?? error
         }

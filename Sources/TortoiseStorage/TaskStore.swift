@@ -83,7 +83,6 @@ public final class TaskStore: @unchecked Sendable {
     private var writerDone = false
     private let syncCondition = NSCondition()
     private var toSync: [(Completion, StoreOutcome)] = []
-    private var toSyncFiles = 0
     /// Whether a flush is under way (by the flusher thread or the writer).
     private var syncing = false
     private let dataFlushInterval: Duration
@@ -288,7 +287,6 @@ public final class TaskStore: @unchecked Sendable {
                 // A failed batch's record may be on disk whole: it must not be followed.
                 halt(StorageError(.io, "flushing the redo log to disk failed (\(failure.message)): a change that failed may be on disk"))
             }
-            let file = engine.lastLogFile
             if engine.log.takeHalfFull() && flushesDataInBackground {
                 flusherCondition.lock()
                 flushWanted = true
@@ -304,31 +302,18 @@ public final class TaskStore: @unchecked Sendable {
                     item.completion(result)
                 }
             }
-            if durable.isEmpty {
-                // Nobody waits for this record, but the next flush must take it along: if
-                // the log moves to its other file before then, a flush of that file alone
-                // would confirm records that follow one still only in the page cache (and
-                // the replay stops at the first missing number).
-                if let file {
-                    syncCondition.lock()
-                    toSyncFiles |= 1 << file
-                    syncCondition.unlock()
-                }
-            } else {
+            if !durable.isEmpty {
                 writerCondition.lock()
                 let nobodyWaits = pending.isEmpty
                 writerCondition.unlock()
                 syncCondition.lock()
-                if let file { toSyncFiles |= 1 << file }
                 if nobodyWaits && toSync.isEmpty && !syncing {
                     // Nothing to overlap the flush with: flush here rather than wake the
                     // flusher (a wake-up of a thread that slept costs 6-16 µs at the
                     // median on this machine, more at p99; docs/benchmarks.md).
                     syncing = true
-                    let files = toSyncFiles
-                    toSyncFiles = 0
                     syncCondition.unlock()
-                    flushAndComplete(durable, files: files)
+                    flushAndComplete(durable)
                 } else {
                     toSync.append(contentsOf: durable)
                     syncCondition.signal()
@@ -366,9 +351,9 @@ public final class TaskStore: @unchecked Sendable {
         }
     }
 
-    /// Flushes the log files in `files`, completes `batch`, and ends the flush begun by
-    /// setting `syncing`.
-    private func flushAndComplete(_ batch: [(Completion, StoreOutcome)], files: Int) {
+    /// Flushes what the log wrote (every record of `batch` among it), completes `batch`,
+    /// and ends the flush begun by setting `syncing`.
+    private func flushAndComplete(_ batch: [(Completion, StoreOutcome)]) {
         let result: Result<Void, StorageError>
         var haltedNow = false
         if let halt = haltedBy {
@@ -377,7 +362,7 @@ public final class TaskStore: @unchecked Sendable {
             result = .failure(halt)
         } else {
             do throws(StorageError) {
-                try engine.log.flush(files)
+                try engine.log.flushWritten()
                 result = .success(())
             } catch {
                 let halt = halt(StorageError(.io, "flushing the redo log to disk failed (\(error.message)): the change may not be on disk"),
@@ -416,12 +401,10 @@ public final class TaskStore: @unchecked Sendable {
             }
             while syncing { syncCondition.wait() }
             let batch = toSync
-            let files = toSyncFiles
             toSync = []
-            toSyncFiles = 0
             syncing = true
             syncCondition.unlock()
-            flushAndComplete(batch, files: files)
+            flushAndComplete(batch)
         }
     }
 
