@@ -255,6 +255,37 @@ import TortoiseTestSupport
         again.close()
     }
 
+    /// A compacted file has no free pages, and LMDB maps just the pages a file uses when
+    /// it is bigger than the starting map size: the open's own first write then found the
+    /// map full, and a store with more live data than the starting map could not open
+    /// after a compaction at open, nor after a crash or power cut that followed one.
+    @Test func aCompactedFileBiggerThanTheStartingMapOpensAndTakesChanges() async throws {
+        let dir = freshDirectory()
+        var c = configuration(dir)
+        c.compactFilesFrom = nil
+        c.compactCheckInterval = nil
+        let store = try TaskStore(c)
+        let payload = String(repeating: "p", count: 60_000)
+        var kept: [TaskID] = []
+        for i in 0..<80 {
+            let id = try await store.put("q", payload)
+            if i % 2 == 0 { kept.append(id) }
+        }
+        // Half of them acked: the other half, taken back, fill the space they leave.
+        while let t = try await store.take("q") {
+            if !kept.contains(t.id) { _ = try await store.perform(.ack(t.id)) }
+        }
+        store.close()
+
+        // Compacted at open to more than the 1 MiB map the configuration starts with.
+        let compacting = try TaskStore(configuration(dir))
+        let after = try #require(compacting.compactedAtOpen?.after)
+        #expect(after > 2 << 20, "compacted to \(after) bytes: not bigger than the starting map")
+        let next = try await compacting.put("q", "after")
+        #expect(try compacting.readyIDs("q") == kept + [next])
+        compacting.close()
+    }
+
     @Test func aFileWithLittleFreeSpaceOrBelowTheSizeIsLeftAsItIs() async throws {
         let dir = freshDirectory()
         _ = try await drainedStore(dir)
