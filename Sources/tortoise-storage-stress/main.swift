@@ -1,6 +1,10 @@
-// A child process for the storage crash test: it puts and acks tasks from many
+// A child process for the storage crash tests: it puts and acks tasks from many
 // concurrent callers at full speed and prints each change once the store reports it
-// durable. The test kills it with SIGKILL and checks the store against what it printed.
+// durable. The tests kill it with SIGKILL (or stop it and cut the power of its disk) and
+// check the store against what it printed.
+//
+// TORTOISE_STRESS_SMALL=1 makes everything that moves between files happen often: redo-log
+// files of 4 KiB, and a compaction looked at every 50 ms from 256 KiB of file.
 import Foundation
 import TortoiseStorage
 
@@ -9,20 +13,27 @@ guard CommandLine.arguments.count >= 2, !CommandLine.arguments[1].hasPrefix("-")
     FileHandle.standardError.write(Data("usage: tortoise-storage-stress DIRECTORY [CALLERS]\n".utf8))
     exit(2)
 }
+let out = NSLock()
+let say: @Sendable (String) -> Void = { line in
+    out.lock()
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
+    out.unlock()
+}
 let directory = CommandLine.arguments[1]
 let callers = CommandLine.arguments.count > 2 ? Int(CommandLine.arguments[2]) ?? 8 : 8
 let store: TaskStore
 do {
-    store = try TaskStore(TaskStore.Configuration(directory: directory))
+    var configuration = TaskStore.Configuration(directory: directory)
+    if ProcessInfo.processInfo.environment["TORTOISE_STRESS_SMALL"] == "1" {
+        configuration.logFileSize = 4 << 10
+        configuration.compactFilesFrom = 256 << 10
+        configuration.compactCheckInterval = .milliseconds(50)
+        configuration.compacted = { _, _, _ in say("C") }
+    }
+    store = try TaskStore(configuration)
 } catch {
     FileHandle.standardError.write(Data("open failed: \(error)\n".utf8))
     exit(1)
-}
-let out = NSLock()
-func say(_ line: String) {
-    out.lock()
-    FileHandle.standardOutput.write(Data((line + "\n").utf8))
-    out.unlock()
 }
 say("ready")
 await withTaskGroup(of: Void.self) { group in

@@ -13,9 +13,9 @@ func freshDirectory(_ name: String = #function) -> String {
 
 /// A new ``FaultyDisk`` in `folder` (default: a fresh one for the test `name`); nil, with a
 /// recorded issue saying why, where there can be none (it needs root and loop devices).
-func faultyDisk(in folder: String? = nil, _ name: String = #function) -> FaultyDisk? {
+func faultyDisk(in folder: String? = nil, megabytes: Int = 32, _ name: String = #function) -> FaultyDisk? {
     do {
-        return try FaultyDisk(in: folder ?? freshDirectory(name))
+        return try FaultyDisk(in: folder ?? freshDirectory(name), megabytes: megabytes)
     } catch {
         Issue.record("no loop-device disk here (not root?), the test did not run: \(error)")
         return nil

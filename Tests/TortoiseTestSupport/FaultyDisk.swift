@@ -26,6 +26,8 @@ public final class FaultyDisk: @unchecked Sendable {
     private var loops: [String] = []
     private var mounts: [String] = []
     private var copies = 0
+    /// The loop device of each mounted copy, by where it is mounted.
+    private var copyLoops: [String: String] = [:]
 
     /// Sets up a disk of `megabytes` in a new folder `base`.
     public init(in base: String, megabytes: Int = 32) throws {
@@ -102,9 +104,24 @@ public final class FaultyDisk: @unchecked Sendable {
         try Self.run("/bin/cp", "--sparse=always", image, copy)
         let loop = try Self.attach(copy)
         loops.append(loop)
+        copyLoops[at] = loop
         try Self.run("/bin/mount", loop, at)
         mounts.append(at)
         return at
+    }
+
+    /// Unmounts and detaches a copy made by ``powerCut()``, and removes it.
+    public func drop(copy at: String) throws {
+        guard let m = mounts.firstIndex(of: at), let loop = copyLoops.removeValue(forKey: at) else {
+            throw FaultyDiskError("\(at) is not a mounted copy")
+        }
+        // Lazily: a store closed a moment ago may not have let go of its files yet.
+        try Self.run("/bin/umount", "-l", at)
+        mounts.remove(at: m)
+        try Self.run("/sbin/losetup", "-d", loop)
+        loops.removeAll { $0 == loop }
+        try? FileManager.default.removeItem(atPath: at + ".img")
+        try? FileManager.default.removeItem(atPath: at)
     }
 
     /// Forgets the disk without taking it down, as a test process that was killed would
