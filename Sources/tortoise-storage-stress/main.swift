@@ -1,6 +1,6 @@
-// A child process for the storage crash tests: it puts and acks tasks from many
-// concurrent callers at full speed and prints each change once the store reports it
-// durable. The tests kill it with SIGKILL (or stop it and cut the power of its disk) and
+// A child process for the storage crash tests: it puts, acks and now and then nacks
+// tasks from many concurrent callers at full speed and prints each change once the store
+// reports it durable. The tests kill it with SIGKILL (or stop it and cut the power of its disk) and
 // check the store against what it printed.
 //
 // TORTOISE_STRESS_SMALL=1 makes everything that moves between files happen often: redo-log
@@ -48,7 +48,13 @@ await withTaskGroup(of: Void.self) { group in
                 if n % 3 == 0 {
                     guard case .taken(let t?) = try? await store.perform(.take(queue: "q\(caller)")) else { continue }
                     say("T \(t.id)")
-                    if (try? await store.perform(.ack(t.id))) != nil { say("A \(t.id)") }
+                    if n % 15 == 0 {
+                        // Now and then a failure, so that the failed store and its indexes
+                        // change too.
+                        if (try? await store.perform(.nack(t.id, error: "boom \(n) in caller \(caller)"))) != nil { say("N \(t.id)") }
+                    } else if (try? await store.perform(.ack(t.id))) != nil {
+                        say("A \(t.id)")
+                    }
                 }
             }
         }

@@ -169,7 +169,8 @@ import TortoiseTestSupport
     /// stopped (every thread of it, so that no flush is half done), and the power is cut:
     /// whatever it was doing (a checkpoint's writeback, a compacted copy being written or
     /// put in place, a log file being switched), the store opened on the copy holds every
-    /// change the child had reported durable. Then the child is killed and the next round
+    /// change the child had reported durable (puts, acks, and failures, found through the
+    /// word index too). Then the child is killed and the next round
     /// goes on on the disk as the crash left it.
     @Test func aPowerCutAtAnyMomentLosesNothingReported() async throws {
         guard let disk = faultyDisk(megabytes: 128) else { return }
@@ -178,6 +179,7 @@ import TortoiseTestSupport
         var put: [TaskID: String] = [:]
         var taken = Set<TaskID>()
         var acked = Set<TaskID>()
+        var nacked = Set<TaskID>()
         var compactions = 0
         let callers = 8
         for round in 0..<8 {
@@ -209,31 +211,43 @@ import TortoiseTestSupport
                 case "P": put[UInt64(w[1])!] = String(w[2])
                 case "T": taken.insert(UInt64(w[1])!)
                 case "A": acked.insert(UInt64(w[1])!)
+                case "N": nacked.insert(UInt64(w[1])!)
                 case "C": compactions += 1
                 default: break
                 }
             }
-            let present = try Self.readyTasks(in: afterCut + "/data", queues: (0..<callers).map { "q\($0)" })
+            let (present, failures) = try Self.tasks(in: afterCut + "/data", queues: (0..<callers).map { "q\($0)" })
             // A task taken may have been acked just before the stop, unreported; one
             // never taken cannot have been acked, so it must be there.
             let missing = put.keys.filter { !taken.contains($0) && !present.contains($0) }
             #expect(missing.isEmpty, "round \(round): \(missing.count) durable puts missing after the power cut, e.g. \(missing.sorted().prefix(5))")
             let back = acked.intersection(present)
             #expect(back.isEmpty, "round \(round): \(back.count) acked tasks came back after the power cut, e.g. \(back.sorted().prefix(5))")
+            let lostFailures = nacked.subtracting(failures)
+            #expect(lostFailures.isEmpty, "round \(round): \(lostFailures.count) failed tasks missing from the failed store after the power cut, e.g. \(lostFailures.sorted().prefix(5))")
+            #expect(nacked.isDisjoint(with: present), "round \(round): a failed task is ready again after the power cut")
             try disk.drop(copy: afterCut)
         }
         #expect(put.count > 1000, "only \(put.count) puts: the test did not cover what it is for")
         #expect(compactions > 0, "no compaction while the child ran: the test did not cover what it is for")
+        #expect(!nacked.isEmpty, "no failure: the test did not cover what it is for")
     }
 
-    /// The ids of the ready tasks of `queues` in the store in `dir` (opened, and closed
-    /// again before this returns: its files are not held open after).
-    static func readyTasks(in dir: String, queues: [String]) throws -> Set<TaskID> {
+    /// The ids of the ready tasks of `queues` and of the failed tasks in the store in
+    /// `dir` (opened, and closed again before this returns: its files are not held open
+    /// after).
+    static func tasks(in dir: String, queues: [String]) throws -> (ready: Set<TaskID>, failed: Set<TaskID>) {
         let store = try openStore(dir)
         defer { store.close() }
-        var present = Set<TaskID>()
-        for q in queues { present.formUnion(try store.readyIDs(q)) }
-        return present
+        var ready = Set<TaskID>()
+        for q in queues { ready.formUnion(try store.readyIDs(q)) }
+        // Found through the word index too: a failure must be findable, not just stored.
+        var boom = FailedQuery()
+        boom.words = ["boom"]
+        let found = try store.failed(boom, limit: .max).tasks.map(\.id)
+        let failed = Set(try store.allFailures().map(\.id))
+        #expect(Set(found) == failed, "the word index and the failed store disagree after the power cut")
+        return (ready, failed)
     }
 
     /// Waits until every thread of `pid` is stopped (none is inside a system call, a flush
