@@ -198,7 +198,7 @@ import TortoiseTestSupport
                 try await Task.sleep(for: .milliseconds(5))
             }
             child.signal(SIGSTOP)
-            #expect(Self.waitUntilStopped(child.pid), "round \(round): the child did not stop")
+            #expect(child.waitUntilStopped(), "round \(round): the child did not stop")
             // Everything it printed before it stopped is in the pipe now.
             reader.drain()
             let afterCut = try disk.powerCut()
@@ -248,24 +248,6 @@ import TortoiseTestSupport
         let failed = Set(try store.allFailures().map(\.id))
         #expect(Set(found) == failed, "the word index and the failed store disagree after the power cut")
         return (ready, failed)
-    }
-
-    /// Waits until every thread of `pid` is stopped (none is inside a system call, a flush
-    /// included); false after 10 s.
-    static func waitUntilStopped(_ pid: pid_t) -> Bool {
-        let deadline = Date().addingTimeInterval(10)
-        while Date() < deadline {
-            let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
-            let states = tasks.compactMap { task -> Character? in
-                guard let stat = try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/stat", encoding: .utf8),
-                      let close = stat.lastIndex(of: ")") else { return nil }
-                // "pid (name) S ...": the state follows the name's closing parenthesis.
-                return stat[stat.index(close, offsetBy: 2)...].first
-            }
-            if !states.isEmpty, states.allSatisfy({ $0 == "T" || $0 == "t" }) { return true }
-            usleep(1000)
-        }
-        return false
     }
 }
 

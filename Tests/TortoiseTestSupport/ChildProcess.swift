@@ -127,6 +127,24 @@ public final class ChildProcess: @unchecked Sendable {
         lock.withLock { if !poll() { _ = kill(pid, signal) } }
     }
 
+    /// Waits until every thread of the child is stopped (after SIGSTOP: none is inside a
+    /// system call any more, a flush included); false after `timeout` seconds.
+    public func waitUntilStopped(timeout: Double = 10) -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
+            let states = tasks.compactMap { task -> Character? in
+                guard let stat = try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/stat", encoding: .utf8),
+                      let close = stat.lastIndex(of: ")") else { return nil }
+                // "pid (name) S ...": the state follows the name's closing parenthesis.
+                return stat[stat.index(close, offsetBy: 2)...].first
+            }
+            if !states.isEmpty, states.allSatisfy({ $0 == "T" || $0 == "t" }) { return true }
+            usleep(1000)
+        }
+        return false
+    }
+
     /// Waits for the child to exit.
     public func wait() {
         lock.withLock {
