@@ -1,6 +1,6 @@
 // A child process for the storage crash tests: it puts, acks and now and then nacks
-// tasks from many concurrent callers at full speed and prints each change once the store
-// reports it durable. The tests kill it with SIGKILL (or stop it and cut the power of its disk) and
+// tasks from many concurrent callers at full speed, replays or deletes its failures by
+// turns, and prints each change once the store reports it durable. The tests kill it with SIGKILL (or stop it and cut the power of its disk) and
 // check the store against what it printed.
 //
 // TORTOISE_STRESS_SMALL=1 makes everything that moves between files happen often: redo-log
@@ -39,21 +39,45 @@ say("ready")
 await withTaskGroup(of: Void.self) { group in
     for caller in 0..<callers {
         group.addTask {
+            // Queues of this run only: a replay or delete by queue must not reach the
+            // failures an earlier run of this program left.
+            let queue = "r\(getpid())q\(caller)"
+            var failedHere: [TaskID] = []
             var n = 0
             while true {
                 n += 1
                 let payload = Array("c\(caller)-\(n)".utf8)
-                guard case .put(let id) = try? await store.perform(.put(queue: "q\(caller)", payload: payload)) else { continue }
-                say("P \(id) q\(caller) c\(caller)-\(n)")
+                guard case .put(let id) = try? await store.perform(.put(queue: queue, payload: payload)) else { continue }
+                say("P \(id) \(queue) c\(caller)-\(n)")
                 if n % 3 == 0 {
-                    guard case .taken(let t?) = try? await store.perform(.take(queue: "q\(caller)")) else { continue }
+                    guard case .taken(let t?) = try? await store.perform(.take(queue: queue)) else { continue }
                     say("T \(t.id)")
                     if n % 15 == 0 {
                         // Now and then a failure, so that the failed store and its indexes
                         // change too.
-                        if (try? await store.perform(.nack(t.id, error: "boom \(n) in caller \(caller)"))) != nil { say("N \(t.id)") }
+                        if (try? await store.perform(.nack(t.id, error: "boom \(n) in caller \(caller)"))) != nil {
+                            say("N \(t.id)")
+                            failedHere.append(t.id)
+                        }
                     } else if (try? await store.perform(.ack(t.id))) != nil {
                         say("A \(t.id)")
+                    }
+                }
+                if n % 90 == 0, !failedHere.isEmpty {
+                    // The queue's failures go back to it, or are deleted, by turns.
+                    var query = FailedQuery()
+                    query.queues = [queue]
+                    // Said first: once the change is durable, a cut before its report
+                    // may leave the failures replayed or deleted.
+                    say("Q \(queue)")
+                    if n % 180 == 0 {
+                        if case .replayed? = try? await store.perform(.replay(query)) {
+                            for id in failedHere { say("R \(id)") }
+                            failedHere = []
+                        }
+                    } else if case .deleted? = try? await store.perform(.delete(query)) {
+                        for id in failedHere { say("D \(id)") }
+                        failedHere = []
                     }
                 }
             }
