@@ -88,7 +88,8 @@ import TortoiseTestSupport
             try disk.drop(copy: afterCut)
         }
         let told = ledger.snapshot
-        #expect(told.puts.count > 500 && told.acks.count > 100, "\(told.puts.count) puts and \(told.acks.count) acks: the test did not cover what it is for")
+        // Thousands of each in a release or debug build; a few hundred under a sanitizer.
+        #expect(told.puts.count > 50 && told.acks.count > 10, "\(told.puts.count) puts and \(told.acks.count) acks: the test did not cover what it is for")
     }
 
     /// The ready tasks of `q` in the store in `dir` (tasks in flight come back at open).

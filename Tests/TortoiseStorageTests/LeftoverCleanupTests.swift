@@ -18,6 +18,13 @@ import TortoiseTestSupport
         let bystander = try ChildProcess("/usr/bin/tail", ["-f", "/dev/null"], environment: [:])
         defer { bystander.signal(SIGKILL); bystander.wait(); orphan.signal(SIGKILL); orphan.wait() }
         #expect(orphan.isRunning)
+        // Until it has exec'd, its command line is still this process's (under load that
+        // takes a while, and the cleanup would find nothing to stop).
+        let started = Date().addingTimeInterval(10)
+        while Date() < started,
+              !(FileManager.default.contents(atPath: "/proc/\(orphan.pid)/cmdline").map { String(decoding: $0, as: UTF8.self).contains(dead) } ?? false) {
+            usleep(1000)
+        }
 
         _ = testProcessDirectory(root)
         #expect(orphan.wait(timeout: 5), "the process naming the dead folder still runs")

@@ -67,14 +67,15 @@ public final class LMDBEnvironment: @unchecked Sendable {
             // The file may already be larger than the starting size. LMDB then maps just
             // the pages its last snapshot uses, with no room for one more: a compacted file
             // (compacted at this open, or before a crash or power cut) has no free page
-            // to reuse either, and the open's first write found the map full. Keep room.
+            // to reuse either, and the open's first write found the map full. Keep room
+            // for the open's own writes (later ones grow the map when they need to).
             var info = MDB_envinfo()
             mdb_env_info(env, &info)
             var stat = MDB_stat()
             mdb_env_stat(env, &stat)
             let used = (info.me_last_pgno + 1) * Int(stat.ms_psize)
             size = max(size, info.me_mapsize)
-            let room = Self.reserve(maxMapSize: self.maxMapSize)
+            let room = 1 << 20
             if size < used + room {
                 size = used + room
                 try check(mdb_env_set_mapsize(env, size), "setting the map size")
@@ -300,8 +301,7 @@ public final class LMDBEnvironment: @unchecked Sendable {
 
     /// Room kept past ``maxMapSize`` for changes that free space (acks, deletes): LMDB
     /// copies pages on write, so even a delete needs a few free pages.
-    public var reserve: Int { Self.reserve(maxMapSize: maxMapSize) }
-    static func reserve(maxMapSize: Int) -> Int { max(1 << 20, maxMapSize / 32) }
+    public var reserve: Int { max(1 << 20, maxMapSize / 32) }
 
     /// How far into the file LMDB has written pages: space that is in use or on its free list.
     public var usedBytes: Int {
