@@ -1,7 +1,8 @@
 // A child process for the storage crash tests: it puts, acks and now and then nacks
 // tasks from many concurrent callers at full speed, replays or deletes its failures by
-// turns, and prints each change once the store reports it durable. The tests kill it with SIGKILL (or stop it and cut the power of its disk) and
-// check the store against what it printed.
+// turns, and prints each change once the store reports it durable. The tests kill it
+// with SIGKILL (or stop it and cut the power of its disk) and check the store against
+// what it printed.
 //
 // TORTOISE_STRESS_SMALL=1 makes everything that moves between files happen often: redo-log
 // files of 4 KiB, and a compaction looked at every 50 ms from 256 KiB of file.

@@ -70,12 +70,7 @@ import TortoiseTestSupport
                 }
             }
             Thread.sleep(forTimeInterval: Double.random(in: 0.2...0.8))
-            broker.process.signal(SIGSTOP)
-            #expect(broker.process.waitUntilStopped(), "round \(round): tortoised did not stop")
-            let afterCut = try disk.powerCut()
-            broker.process.signal(SIGKILL)
-            broker.process.signal(SIGCONT)
-            broker.process.wait()
+            let afterCut = try disk.powerCut(during: broker.process)
             // The clients see the connections close and stop.
             #expect(done.wait(timeout: .now() + 30) == .success, "round \(round): the clients did not stop")
 

@@ -22,28 +22,19 @@ import TortoiseTestSupport
             let p = try ChildProcess(Self.helper, [dir, "16"], environment: ChildProcess.environment([:]), stdout: .pipe)
             // Wait for "ready" (opening replays the log: slow under sanitizers), then let
             // it write for a random while.
-            let fd = p.stdoutPipe
-            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
-            var bytes: [UInt8] = []
-            var chunk = [UInt8](repeating: 0, count: 65536)
-            func drain() {
-                while true {
-                    let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-                    if n > 0 { bytes += chunk[0..<n] } else if n < 0 && errno == EINTR { continue } else { return }
-                }
-            }
+            let reader = LineReader(p.stdoutPipe)
             let patience = Date().addingTimeInterval(60)
-            while !bytes.contains(10) && Date() < patience {
-                drain()
+            while reader.lines.isEmpty && Date() < patience {
+                reader.drain()
                 try await Task.sleep(for: .milliseconds(5))
             }
             try await Task.sleep(for: .milliseconds(Int.random(in: 50...400)))
             p.signal(SIGKILL)
             p.wait()
-            drain()  // what it wrote before it died is all in the pipe now
-            let text = String(decoding: bytes, as: UTF8.self)
-            var lines = text.split(separator: "\n", omittingEmptySubsequences: false)
-            if !text.hasSuffix("\n") { lines.removeLast() } // a line cut by the kill proves nothing
+            // What it wrote before it died is all in the pipe now; a line cut by the kill
+            // (no newline) proves nothing and is not among the lines.
+            reader.drain()
+            let lines = reader.lines
             #expect(lines.first == "ready", "round \(round)")
             for line in lines.dropFirst() where !line.isEmpty {
                 let w = line.split(separator: " ")

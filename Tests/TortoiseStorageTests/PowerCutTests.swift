@@ -200,14 +200,9 @@ import TortoiseTestSupport
                 reader.drain()
                 try await Task.sleep(for: .milliseconds(5))
             }
-            child.signal(SIGSTOP)
-            #expect(child.waitUntilStopped(), "round \(round): the child did not stop")
+            let afterCut = try disk.powerCut(during: child)
             // Everything it printed before it stopped is in the pipe now.
             reader.drain()
-            let afterCut = try disk.powerCut()
-            child.signal(SIGKILL)
-            child.signal(SIGCONT)
-            child.wait()
             for line in reader.lines.dropFirst() {
                 let w = line.split(separator: " ")
                 guard let kind = w.first?.first else { continue }
@@ -260,35 +255,6 @@ import TortoiseTestSupport
         let failed = Set(try store.allFailures().map(\.id))
         #expect(Set(found) == failed, "the word index and the failed store disagree after the power cut")
         return (ready, failed)
-    }
-}
-
-/// Reads the lines a child writes to a pipe, without blocking.
-final class LineReader {
-    private let fd: Int32
-    private var partial: [UInt8] = []
-    private(set) var lines: [String] = []
-
-    init(_ fd: Int32) {
-        self.fd = fd
-        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
-    }
-
-    /// Takes in what the pipe holds now; a line counts once its newline came.
-    func drain() {
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { break }
-            partial += chunk[0..<n]
-            var start = 0
-            while let nl = partial[start...].firstIndex(of: 10) {
-                lines.append(String(decoding: partial[start..<nl], as: UTF8.self))
-                start = nl + 1
-            }
-            partial.removeFirst(start)
-        }
     }
 }
 

@@ -93,7 +93,8 @@ public final class FaultyDisk: @unchecked Sendable {
     ///
     /// The copy is read while the disk is live, front to back: it is a power-cut image
     /// only if nothing is flushed to the disk while it is taken. Stop the writers first
-    /// (a store that is halted, or whose background checkpoints are off): a checkpoint
+    /// (a store that is halted, or whose background checkpoints are off, or a process
+    /// stopped by ``powerCut(during:)``): a checkpoint
     /// flushed during the copy can land in it without the pages it names, and LMDB then
     /// reads past the end of its file (SIGBUS).
     public func powerCut() throws -> String {
@@ -108,6 +109,21 @@ public final class FaultyDisk: @unchecked Sendable {
         try Self.run("/bin/mount", loop, at)
         mounts.append(at)
         return at
+    }
+
+    /// A power cut while `process` runs on this disk, at this moment: it is stopped
+    /// (every thread of it, so that no flush of its is half done), the disk is copied as
+    /// ``powerCut()`` does, and the process is killed, as the power cut would. Returns
+    /// where the copy is mounted.
+    public func powerCut(during process: ChildProcess) throws -> String {
+        process.signal(SIGSTOP)
+        defer {
+            process.signal(SIGKILL)
+            process.signal(SIGCONT)
+            process.wait()
+        }
+        guard process.waitUntilStopped() else { throw FaultyDiskError("process \(process.pid) did not stop") }
+        return try powerCut()
     }
 
     /// Unmounts and detaches a copy made by ``powerCut()``, and removes it.

@@ -71,13 +71,10 @@ public final class LMDBEnvironment: @unchecked Sendable {
             // for the open's own writes (later ones grow the map when they need to).
             var info = MDB_envinfo()
             mdb_env_info(env, &info)
-            var stat = MDB_stat()
-            mdb_env_stat(env, &stat)
-            let used = (info.me_last_pgno + 1) * Int(stat.ms_psize)
             size = max(size, info.me_mapsize)
-            let room = 1 << 20
-            if size < used + room {
-                size = used + room
+            let wanted = Self.usedBytes(env) + (1 << 20)
+            if size < wanted {
+                size = wanted
                 try check(mdb_env_set_mapsize(env, size), "setting the map size")
             }
         } catch {
@@ -304,11 +301,13 @@ public final class LMDBEnvironment: @unchecked Sendable {
     public var reserve: Int { max(1 << 20, maxMapSize / 32) }
 
     /// How far into the file LMDB has written pages: space that is in use or on its free list.
-    public var usedBytes: Int {
+    public var usedBytes: Int { Self.usedBytes(handle) }
+
+    private static func usedBytes(_ env: OpaquePointer) -> Int {
         var info = MDB_envinfo()
-        mdb_env_info(handle, &info)
+        mdb_env_info(env, &info)
         var stat = MDB_stat()
-        mdb_env_stat(handle, &stat)
+        mdb_env_stat(env, &stat)
         return (info.me_last_pgno + 1) * Int(stat.ms_psize)
     }
 
