@@ -675,7 +675,9 @@ final class StoreEngine: @unchecked Sendable {
             return .promoted(try promote(now: now, txn))
         case let .replay(query):
             var perQueue: [String: Int] = [:]
-            for id in try index.ids(query, txn) {
+            // Oldest failure first (the index gives newest first): replayed tasks queue up
+            // in the order they failed, as they once queued in the order they were put.
+            for id in try index.ids(query, txn).reversed() {
                 guard let f = try index.load(id, txn) else { continue }
                 try index.remove(f, txn)
                 let seq = nextSeq
