@@ -76,6 +76,20 @@ import Testing
         #expect(try store.failed(FailedQuery(), limit: 1).tasks.first?.replays == 1)
     }
 
+    @Test func replayedTasksQueueUpInTheOrderTheyFailed() async throws {
+        let store = try openStore(freshDirectory())
+        defer { store.close() }
+        for i in 1...4 { _ = try await store.put("q", "t\(i)") }
+        for _ in 1...4 {
+            let t = try #require(try await store.take("q"))
+            _ = try await store.perform(.nack(t.id, error: "boom"))
+        }
+        #expect(try await store.perform(.replay(FailedQuery())) == .replayed(["q": 4]))
+        var seen: [String] = []
+        while let t = try await store.takeText("q") { seen.append(t) }
+        #expect(seen == ["t1", "t2", "t3", "t4"])
+    }
+
     @Test func deleteRemovesOnlyMatches() async throws {
         let store = try openStore(freshDirectory())
         defer { store.close() }
