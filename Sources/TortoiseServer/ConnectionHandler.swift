@@ -27,6 +27,8 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
     /// The queues this connection works on, in the order it subscribed (the order in
     /// which it looks for its next task), and the same as a set.
     private(set) var subscriptions: [Dispatcher.QueueState] = []
+    /// Where the next look for a task among ``subscriptions`` starts.
+    private var nextLook = 0
     private var subscribed = Set<String>()
     private var held: TaskID?
     /// When the held task's ack timeout runs out (each delivery and TOUCH moves it).
@@ -514,9 +516,14 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
         guard !closed, !subscriptions.isEmpty, held == nil else { return }
         epoch &+= 1
         for q in subscriptions { q.markIdle(self, epoch: epoch) }
-        // Only a queue with tasks to hand out is worth a look.
-        for q in subscriptions where q.available > 0 {
-            broker.dispatch(q.name)
+        // Only a queue with tasks to hand out is worth a look. The look starts after the
+        // queue that gave this worker its last task (set by deliver): a worker of several
+        // queues takes from them in turn, and a queue with a backlog cannot starve the others.
+        let n = subscriptions.count
+        for k in 0..<n {
+            let i = (nextLook + k) % n
+            guard subscriptions[i].available > 0 else { continue }
+            broker.dispatch(subscriptions[i].name)
             if held != nil { break }
         }
     }
@@ -527,6 +534,12 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
 
     func deliver(_ task: DeliveredTask) {
         held = task.id
+        // The next look for a task starts after this queue (see becomeIdle).
+        if subscriptions.count == 1 {
+            nextLook = 1
+        } else if let i = subscriptions.firstIndex(where: { $0.name == task.queue }) {
+            nextLook = i + 1
+        }
         guard let context else { return }
         // Replies to the commands before this push go out first (e.g. SUB's OK).
         if needsDrain {

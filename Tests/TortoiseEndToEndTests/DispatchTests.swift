@@ -20,6 +20,23 @@ import TortoiseProtocol
         #expect(try w.message().payload == "b1")
     }
 
+    @Test func aWorkerOfSeveralQueuesTakesFromThemInTurn() throws {
+        let broker = try BrokerProcess()
+        let p = try broker.client()
+        for i in 1...4 { _ = try p.put("busy", "busy\(i)") }
+        for i in 1...2 { _ = try p.put("quiet", "quiet\(i)") }
+        let w = try broker.client()
+        #expect(try w.call("SUB busy") == .ok([]))
+        #expect(try w.call("SUB quiet") == .ok([]))
+        var seen: [String] = []
+        for _ in 1...6 {
+            let m = try w.message()
+            seen.append(m.payload)
+            #expect(try w.call("ACK \(m.id)") == .ok([]))
+        }
+        #expect(seen == ["busy1", "quiet1", "busy2", "quiet2", "busy3", "busy4"], "the backlog of busy starved quiet")
+    }
+
     @Test func aConnectionWorksOnAtMostMaxSubscriptionsQueues() throws {
         let broker = try BrokerProcess(arguments: ["--max-subscriptions", "3"])
         let w = try broker.client()
