@@ -103,6 +103,13 @@ import TortoiseStorage
         #expect(error("\r\n")?.code == .badCommand)
     }
 
+    @Test func aNackWhoseErrorIsNotUTF8IsTakenWithReplacementCharacters() {
+        // Refusing it would leave the worker holding a task it cannot fail: the error is
+        // kept, each invalid sequence shown as U+FFFD.
+        let nack = parse(Array("NACK 7 5\r\n".utf8) + [0x62, 0x61, 0x64, 0xFF, 0x21] + Array("\r\n".utf8))
+        #expect(nack.first == .success(.nack(7, error: "bad\u{FFFD}!")))
+    }
+
     @Test func limitsCloseTheConnection() {
         let tooLongLine = error(String(repeating: "A", count: 1024) + "\r\n")
         #expect(tooLongLine?.code == .tooLarge && tooLongLine?.closes == true)
