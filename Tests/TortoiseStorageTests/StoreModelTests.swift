@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import TortoiseStorage
+import TortoiseTestSupport
 
 /// Random operations, in random batches, with closes and reopens, small redo-log files
 /// and frequent compactions, checked after every batch against a plain in-memory model
@@ -38,18 +39,6 @@ struct ModelDifference: Error, CustomStringConvertible {
     var description: String { "the store and the model differ:\n" + text }
 }
 
-/// SplitMix64: the same operations for the same seed, on every machine.
-struct SeededGenerator: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
 struct ModelRun {
     enum State: Equatable { case ready, inflight, delayed(Millis) }
     struct ModelTask { var queue: String; var payload: [UInt8]; var seq: Int; var deliveries: Int; var replays: Int; var state: State }
@@ -84,7 +73,7 @@ struct ModelRun {
 
     init(directory: String, seed: UInt64) throws {
         self.directory = directory
-        rng = SeededGenerator(state: seed)
+        rng = SeededGenerator(seed: seed)
         store = try Self.open(directory)
     }
 
