@@ -485,20 +485,28 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
 
     /// The worker is done with its task, one way or another (ACK, NACK, REQUEUE): change
     /// it in the store, answer once that is durable, and become free for the next task
-    /// at once (the next delivery does not wait for this flush).
+    /// without waiting for this flush: at once after ACK and NACK, and once a REQUEUE is
+    /// committed, so that the returned task is back at the front before this worker (or
+    /// any other) is given what stood behind it.
     private func settle(_ id: TaskID, _ op: StoreOperation) {
         guard takeHeld(id) else { return }
         let slot = replies.reserve()
-        broker.submit(op) { [self] result in
+        let returns: Bool
+        if case .requeue = op { returns = true } else { returns = false }
+        let broker = broker
+        broker.submit(op, committed: { [self] outcome in
+            if case .returned(let to) = outcome { broker.taskReturned(to) }
+            if returns { becomeIdle() }
+        }) { [self] result in
             switch result {
-            case .success(let outcome):
+            case .success:
                 fill(slot, .ok([]))
-                if case .returned(let to) = outcome { broker.taskReturned(to) }
             case .failure(let e):
                 storeFailed(e, slot: slot, id: id)
+                if returns { becomeIdle() }
             }
         }
-        becomeIdle()
+        if !returns { becomeIdle() }
     }
 
     /// Checks that this connection holds `id` and lets go of it (the caller then changes it).

@@ -27,7 +27,9 @@ import TortoiseTestSupport
 
 struct DispatchRun {
     enum State: Equatable { case ready, held(worker: Int), delayed, failed }
-    struct ModelTask { var queue: String; var deliveries: Int; var state: State }
+    /// `seq`: the task's place in its queue (a returned task keeps it; a replayed one
+    /// gets a new one at the back); `failedAs`: the order of failures, which a replay keeps.
+    struct ModelTask { var queue: String; var deliveries: Int; var state: State; var seq: Int; var failedAs = 0 }
     struct Worker { var client: RawClient; var queues: [String]; var held: UInt64? }
 
     static let queues = ["a", "b", "c"]
@@ -41,6 +43,12 @@ struct DispatchRun {
     var workers: [Worker] = []
     var tasks: [UInt64: ModelTask] = [:]
     var seen: Set<String> = []
+    var counter = 0
+    /// Whether the last step dropped a worker holding a task: its task comes back while
+    /// the broker hands out others, so the order it goes out in is not checked then.
+    var returnsLate = false
+
+    mutating func next() -> Int { counter += 1; return counter }
 
     init(seed: UInt64, name: String) throws {
         broker = try BrokerProcess(arguments: ["--max-deliveries", String(Self.maxDeliveries)], name: name)
@@ -65,6 +73,7 @@ struct DispatchRun {
     mutating func giveBack(_ id: UInt64, delayed: Bool) {
         if tasks[id]!.deliveries >= Self.maxDeliveries {
             tasks[id]!.state = .failed
+            tasks[id]!.failedAs = next()
             seen.insert("limit")
         } else {
             tasks[id]!.state = delayed ? .delayed : .ready
@@ -73,11 +82,12 @@ struct DispatchRun {
 
     mutating func randomStep() throws {
         let busy = workers.indices.filter { workers[$0].held != nil }
+        returnsLate = false
         let roll = Int.random(in: 0..<100, using: &rng)
         if roll < 35 || busy.isEmpty && roll < 80 {
             let q = pick(Self.queues)!
             let id = try operatorClient.put(q, "task \(tasks.count)")
-            tasks[id] = ModelTask(queue: q, deliveries: 0, state: .ready)
+            tasks[id] = ModelTask(queue: q, deliveries: 0, state: .ready, seq: next())
             seen.insert("put")
         } else if roll < 80, let w = pick(busy), let id = workers[w].held {
             let c = workers[w].client
@@ -91,6 +101,7 @@ struct DispatchRun {
                 c.send("NACK \(id) \(error.utf8.count)\r\n\(error)\r\n")
                 try expectOK(c.frame(), "NACK \(id)")
                 tasks[id]!.state = .failed
+                tasks[id]!.failedAs = next()
                 seen.insert("nack")
             case 6..<8:
                 let delay = Bool.random(using: &rng)
@@ -100,6 +111,7 @@ struct DispatchRun {
             default:
                 try reconnect(w)
                 giveBack(id, delayed: false)
+                returnsLate = true
                 seen.insert("drop held")
             }
             workers[w].held = nil
@@ -111,7 +123,10 @@ struct DispatchRun {
             let failed = tasks.filter { $0.value.state == .failed && (q.isEmpty || "queue:\($0.value.queue)" == q) }
             if roll < 95 {
                 try expectOK(operatorClient.call("REPLAY \(q.utf8.count)\r\n\(q)\r\n"), "REPLAY", words: [String(failed.count)])
-                for id in failed.keys { tasks[id] = ModelTask(queue: tasks[id]!.queue, deliveries: 0, state: .ready) }
+                // Oldest failure first, each to the back of its queue.
+                for (id, t) in failed.sorted(by: { $0.value.failedAs < $1.value.failedAs }) {
+                    tasks[id] = ModelTask(queue: t.queue, deliveries: 0, state: .ready, seq: next())
+                }
                 if !failed.isEmpty { seen.insert("replay") }
             } else {
                 try expectOK(operatorClient.call("DELETE \(q.utf8.count)\r\n\(q)\r\n"), "DELETE", words: [String(failed.count)])
@@ -138,6 +153,13 @@ struct DispatchRun {
     /// idle while it has a ready task; then every figure of `STATS` must be the model's.
     mutating func settle(step: Int) throws {
         let deadline = Date().addingTimeInterval(5)
+        // FIFO: what goes out of a queue while the broker settles is the front of what
+        // was ready (unless a delay ends meanwhile, or a dropped worker's task comes back).
+        let checksOrder = !returnsLate && !tasks.values.contains { $0.state == .delayed }
+        var front: [String: [UInt64]] = [:]
+        for (id, t) in tasks where t.state == .ready { front[t.queue, default: []].append(id) }
+        for q in front.keys { front[q]!.sort { tasks[$0]!.seq < tasks[$1]!.seq } }
+        var given: [String: Set<UInt64>] = [:]
         while true {
             for w in workers.indices {
                 let c = workers[w].client
@@ -155,6 +177,7 @@ struct DispatchRun {
                     }
                     tasks[m.id]!.deliveries += 1
                     tasks[m.id]!.state = .held(worker: w)
+                    given[m.queue, default: []].insert(m.id)
                     workers[w].held = m.id
                 }
             }
@@ -165,7 +188,12 @@ struct DispatchRun {
             let waiting = tasks.values.contains { $0.state == .delayed }
             // (A dropped connection's task and subscriptions are let go of a moment later.)
             let difference = starved.isEmpty && !waiting ? self.difference(stats) : nil
-            if starved.isEmpty && !waiting && difference == nil { return }
+            if starved.isEmpty && !waiting && difference == nil {
+                for (q, ids) in given where checksOrder && ids != Set(front[q, default: []].prefix(ids.count)) {
+                    throw TestFailure("step \(step): \(q) gave out \(ids.sorted()), not the front of \(front[q, default: []])")
+                }
+                return
+            }
             // A delayed task is ready again after 30 ms; the model cannot tell when it was
             // promoted, so it settles once none waits.
             if starved.isEmpty, waiting, Self.queues.allSatisfy({ (stats.queues[$0]?.delayed ?? 0) == 0 }) {

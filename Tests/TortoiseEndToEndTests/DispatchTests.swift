@@ -123,6 +123,23 @@ import TortoiseProtocol
         #expect(try w2.message().payload == "t2")
     }
 
+    @Test func aRequeuedTaskGoesOutBeforeTheTasksBehindIt() throws {
+        let broker = try BrokerProcess()
+        let p = try broker.client()
+        for i in 1...3 { _ = try p.put("q", "t\(i)") }
+        let w = try broker.client()
+        #expect(try w.call("SUB q") == .ok([]))
+        var seen: [String] = []
+        for _ in 1...3 {
+            let m = try w.message()
+            seen.append("\(m.payload)#\(m.delivery)")
+            // t1 and t2 are requeued once each; the worker is free at once, and must get
+            // the task it returned (now at the front), not the one behind it.
+            #expect(try w.call(m.delivery == 1 && m.payload != "t3" ? "REQUEUE \(m.id)" : "ACK \(m.id)") == .ok([]))
+        }
+        #expect(seen == ["t1#1", "t1#2", "t2#1"])
+    }
+
     @Test func aLostWorkersTaskGoesToAnIdleWorkerAtOnce() throws {
         let broker = try BrokerProcess()
         let p = try broker.client()
