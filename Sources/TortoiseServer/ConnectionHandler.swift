@@ -359,7 +359,8 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
         case let .nack(id, error):
             settle(id, .nack(id, error: error))
         case let .requeue(id, delay):
-            settle(id, .requeue(id, readyAt: delay.map { currentMillis() + Millis(clamping: $0) }))
+            // A delay of 0 is none: the task goes back to the front.
+            settle(id, .requeue(id, readyAt: delay.flatMap { $0 == 0 ? nil : currentMillis() + Millis(clamping: $0) }))
         case .touch(let id):
             guard held == id else {
                 replyNow(.error(Self.notHeld(id)))
@@ -485,14 +486,17 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
 
     /// The worker is done with its task, one way or another (ACK, NACK, REQUEUE): change
     /// it in the store, answer once that is durable, and become free for the next task
-    /// without waiting for this flush: at once after ACK and NACK, and once a REQUEUE is
-    /// committed, so that the returned task is back at the front before this worker (or
-    /// any other) is given what stood behind it.
+    /// without waiting for this flush: at once after ACK, NACK and a delayed REQUEUE, and
+    /// once a REQUEUE without delay is committed, so that the returned task is back at the
+    /// front before this worker (or any other) is given what stood behind it. (That wait,
+    /// a commit, is about 0.05 ms here: a worker requeueing task after task without delay
+    /// gets its next one after 90 µs instead of 36–41, 7,900–8,800 a second instead of
+    /// 16,800–16,900.)
     private func settle(_ id: TaskID, _ op: StoreOperation) {
         guard takeHeld(id) else { return }
         let slot = replies.reserve()
         let returns: Bool
-        if case .requeue = op { returns = true } else { returns = false }
+        if case .requeue(_, nil) = op { returns = true } else { returns = false }
         let broker = broker
         broker.submit(op, committed: { [self] outcome in
             if case .returned(let to) = outcome { broker.taskReturned(to) }

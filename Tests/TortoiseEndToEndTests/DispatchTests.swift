@@ -130,14 +130,16 @@ import TortoiseProtocol
         let w = try broker.client()
         #expect(try w.call("SUB q") == .ok([]))
         var seen: [String] = []
-        for _ in 1...3 {
+        for _ in 1...4 {
             let m = try w.message()
             seen.append("\(m.payload)#\(m.delivery)")
             // t1 and t2 are requeued once each; the worker is free at once, and must get
             // the task it returned (now at the front), not the one behind it.
-            #expect(try w.call(m.delivery == 1 && m.payload != "t3" ? "REQUEUE \(m.id)" : "ACK \(m.id)") == .ok([]))
+            // (t2 with a delay of 0, which is none.)
+            let requeue = m.payload == "t1" ? "REQUEUE \(m.id)" : "REQUEUE \(m.id) 0"
+            #expect(try w.call(m.delivery == 1 && m.payload != "t3" ? requeue : "ACK \(m.id)") == .ok([]))
         }
-        #expect(seen == ["t1#1", "t1#2", "t2#1"])
+        #expect(seen == ["t1#1", "t1#2", "t2#1", "t2#2"])
     }
 
     @Test func aLostWorkersTaskGoesToAnIdleWorkerAtOnce() throws {
