@@ -25,11 +25,11 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
 
     // Worker state.
     /// The queues this connection works on, in the order it subscribed (the order in
-    /// which it looks for its next task), and the same as a set.
+    /// which it looks for its next task), and each one's place in that list.
     private(set) var subscriptions: [Dispatcher.QueueState] = []
+    private var subscribed: [String: Int] = [:]
     /// Where the next look for a task among ``subscriptions`` starts.
     private var nextLook = 0
-    private var subscribed = Set<String>()
     private var held: TaskID?
     /// When the held task's ack timeout runs out (each delivery and TOUCH moves it).
     private var heldDeadline = NIODeadline.distantFuture
@@ -342,12 +342,12 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
                 }
             }
         case .sub(let queue):
-            if !subscribed.contains(queue) {
+            if subscribed[queue] == nil {
                 guard subscriptions.count < broker.config.maxSubscriptions else {
                     replyNow(.error(ProtocolError(.badArgument, "SUB \(queue): this connection already works on \(subscriptions.count) queues, the most the broker allows (--max-subscriptions)")))
                     break
                 }
-                subscribed.insert(queue)
+                subscribed[queue] = subscriptions.count
                 let q = broker.dispatcher.subscribe(queue)
                 subscriptions.append(q)
                 if held == nil { q.markIdle(self, epoch: epoch) }
@@ -549,7 +549,7 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
         // The next look for a task starts after this queue (see becomeIdle).
         if subscriptions.count == 1 {
             nextLook = 1
-        } else if let i = subscriptions.firstIndex(where: { $0.name == task.queue }) {
+        } else if let i = subscribed[task.queue] {
             nextLook = i + 1
         }
         guard let context else { return }
@@ -605,7 +605,7 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
         // The queues' idle lines may still name this connection: let go of the queues so
         // that neither keeps the other alive.
         subscriptions = []
-        subscribed = []
+        subscribed = [:]
         broker.unregister(self)
     }
 
