@@ -48,13 +48,15 @@ final class Broker: @unchecked Sendable {
         store.submit(op) { [self] result in completed { completion(result) } }
     }
 
-    /// Submits a durable change; `committed` runs on the loop as soon as the change is
-    /// visible (its flush still under way), `completion` once it is durable.
-    func submit(_ op: StoreOperation, committed: @escaping @Sendable (StoreOutcome) -> Void,
+    /// Submits a durable change; `committed`, if given, runs on the loop as soon as the
+    /// change is visible (its flush still under way), `completion` once it is durable.
+    func submit(_ op: StoreOperation, committed: (@Sendable (StoreOutcome) -> Void)?,
                 _ completion: @escaping @Sendable (Result<StoreOutcome, StorageError>) -> Void) {
-        store.submit(op, committed: { [self] outcome in completed { committed(outcome) } }) { [self] result in
-            completed { completion(result) }
+        var onLoop: (@Sendable (StoreOutcome) -> Void)?
+        if let committed {
+            onLoop = { [self] outcome in completed { committed(outcome) } }
         }
+        store.submit(op, committed: onLoop) { [self] result in completed { completion(result) } }
     }
 
     /// Store completions waiting to run on the loop, and whether a pass is scheduled.

@@ -495,22 +495,26 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
     private func settle(_ id: TaskID, _ op: StoreOperation) {
         guard takeHeld(id) else { return }
         let slot = replies.reserve()
-        let returns: Bool
-        if case .requeue(_, nil) = op { returns = true } else { returns = false }
-        let broker = broker
-        broker.submit(op, committed: { [self] outcome in
-            if case .returned(let to) = outcome { broker.taskReturned(to) }
-            if returns { becomeIdle() }
-        }) { [self] result in
+        var committed: (@Sendable (StoreOutcome) -> Void)?
+        let waitsForCommit: Bool
+        if case .requeue(_, nil) = op { waitsForCommit = true } else { waitsForCommit = false }
+        if case .requeue = op {
+            // The returned task goes to an idle worker as soon as it is committed.
+            committed = { [self] outcome in
+                if case .returned(let to) = outcome { broker.taskReturned(to) }
+                if waitsForCommit { becomeIdle() }
+            }
+        }
+        broker.submit(op, committed: committed) { [self] result in
             switch result {
             case .success:
                 fill(slot, .ok([]))
             case .failure(let e):
                 storeFailed(e, slot: slot, id: id)
-                if returns { becomeIdle() }
+                if waitsForCommit { becomeIdle() }
             }
         }
-        if !returns { becomeIdle() }
+        if !waitsForCommit { becomeIdle() }
     }
 
     /// Checks that this connection holds `id` and lets go of it (the caller then changes it).
