@@ -236,7 +236,8 @@ struct ModelRun {
 
     /// Failure times are the batch's clock, known here only within bounds: the model
     /// writes the earliest until the store's answer fills them in. (No search can tell
-    /// the two apart: every batch starts 2 ms after the newest failure before it.)
+    /// the two apart: every batch starts 2 ms after the newest failure before it. The
+    /// order of a replay could, so no batch replays after it may have failed a task.)
     mutating func fail(_ id: TaskID, error: String) {
         let t = tasks[id]!
         tasks[id] = nil
@@ -320,6 +321,10 @@ struct ModelRun {
                 #expect(peeked?.id == modelFront, "peekReady(\(q)) found \(String(describing: peeked?.id)), the model \(String(describing: modelFront))")
                 if let peeked { op = .claim(peeked.id) }
             }
+            // A replay queues its tasks in the order they failed, and the model knows the
+            // times of this batch's failures only within the batch's clock: no replay
+            // after an operation that may fail a task.
+            if case .replay = op, ops.contains(where: Self.mayFail) { op = .promoteDue }
             ops.append(op)
         }
         try await run(ops)
@@ -375,6 +380,14 @@ struct ModelRun {
             }
         }
         #expect(try store.counts() == modelCounts())
+    }
+
+    /// Whether `op` may move a task to the failed store (the delivery limit included).
+    static func mayFail(_ op: StoreOperation) -> Bool {
+        switch op {
+        case .nack, .requeue, .release: return true
+        default: return false
+        }
     }
 
     static func outcome(_ r: Result<StoreOutcome, StorageError>) -> Outcome {
