@@ -18,6 +18,9 @@ import TortoiseTestSupport
         for step in 1...200 {
             try run.randomStep()
             try run.settle(step: step)
+            // The broker orders failures by their millisecond, then by id; the model by the
+            // step: a failure's step ends a millisecond before the next step starts.
+            if run.failedThisStep { Thread.sleep(forTimeInterval: 0.002) }
         }
         // The seeds run by default must exercise every kind of step (a longer hunt's
         // seeds may miss a rare one, say an idle worker to drop, and need not).
@@ -47,6 +50,8 @@ struct DispatchRun {
     /// Whether the last step dropped a worker holding a task: its task comes back while
     /// the broker hands out others, so the order it goes out in is not checked then.
     var returnsLate = false
+    /// Whether the last step moved a task to the failed store.
+    var failedThisStep = false
 
     mutating func next() -> Int { counter += 1; return counter }
 
@@ -74,6 +79,7 @@ struct DispatchRun {
         if tasks[id]!.deliveries >= Self.maxDeliveries {
             tasks[id]!.state = .failed
             tasks[id]!.failedAs = next()
+            failedThisStep = true
             seen.insert("limit")
         } else {
             tasks[id]!.state = delayed ? .delayed : .ready
@@ -83,6 +89,7 @@ struct DispatchRun {
     mutating func randomStep() throws {
         let busy = workers.indices.filter { workers[$0].held != nil }
         returnsLate = false
+        failedThisStep = false
         let roll = Int.random(in: 0..<100, using: &rng)
         if roll < 35 || busy.isEmpty && roll < 80 {
             let q = pick(Self.queues)!
@@ -102,6 +109,7 @@ struct DispatchRun {
                 try expectOK(c.frame(), "NACK \(id)")
                 tasks[id]!.state = .failed
                 tasks[id]!.failedAs = next()
+                failedThisStep = true
                 seen.insert("nack")
             case 6..<8:
                 let delay = Bool.random(using: &rng)
