@@ -6,8 +6,8 @@ import TortoiseTestSupport
 /// Random work through the wire: puts, workers of overlapping queues that ack, nack,
 /// requeue (some with a delay) and drop their connections, replays and deletes. After
 /// each step the broker must settle where the dispatch rules say: no worker of a queue
-/// idle while that queue has a ready task, no worker with two tasks, delivery numbers
-/// and every count in `STATS` as the steps left them.
+/// idle while that queue has a ready task, no worker with two tasks, FIFO, a new task to
+/// the worker idle longest, delivery numbers and every count in `STATS` as the steps left them.
 @Suite(.serialized) struct DispatchModelTests {
     /// Seeds 1–2; `TORTOISE_MODEL_SEEDS=N` runs seeds 1–N (a longer hunt, by hand).
     static let seeds: [UInt64] = Array(1...UInt64(ProcessInfo.processInfo.environment["TORTOISE_MODEL_SEEDS"].flatMap { UInt64($0) } ?? 2))
@@ -33,12 +33,13 @@ struct DispatchRun {
     /// `seq`: the task's place in its queue (a returned task keeps it; a replayed one
     /// gets a new one at the back); `failedAs`: the order of failures, which a replay keeps.
     struct ModelTask { var queue: String; var deliveries: Int; var state: State; var seq: Int; var failedAs = 0 }
-    struct Worker { var client: RawClient; var queues: [String]; var held: UInt64? }
+    /// `freeSince`: when the worker last became free (a step counter), for the longest-idle rule.
+    struct Worker { var client: RawClient; var queues: [String]; var held: UInt64?; var freeSince: Int }
 
     static let queues = ["a", "b", "c"]
     static let maxDeliveries = 3
     static let allKinds: Set<String> = ["put", "ack", "nack", "requeue", "delay", "drop held", "drop idle",
-                                        "limit", "replay", "delete"]
+                                        "limit", "replay", "delete", "longest idle"]
 
     let broker: BrokerProcess
     let operatorClient: RawClient
@@ -52,6 +53,9 @@ struct DispatchRun {
     var returnsLate = false
     /// Whether the last step moved a task to the failed store.
     var failedThisStep = false
+    /// The task the last step put, and the worker that must get it: the one idle longest
+    /// among the queue's idle workers, if it has any.
+    var expectedReceiver: (task: UInt64, worker: Int)?
 
     mutating func next() -> Int { counter += 1; return counter }
 
@@ -61,7 +65,7 @@ struct DispatchRun {
         rng = SeededGenerator(seed: seed)
         // Four workers on overlapping sets of queues; queue c has one worker only.
         for queues in [["a"], ["a", "b"], ["b", "a"], ["b", "c"]] {
-            workers.append(Worker(client: try Self.subscribed(broker, queues), queues: queues, held: nil))
+            workers.append(Worker(client: try Self.subscribed(broker, queues), queues: queues, held: nil, freeSince: next()))
         }
     }
 
@@ -90,10 +94,16 @@ struct DispatchRun {
         let busy = workers.indices.filter { workers[$0].held != nil }
         returnsLate = false
         failedThisStep = false
+        expectedReceiver = nil
         let roll = Int.random(in: 0..<100, using: &rng)
         if roll < 35 || busy.isEmpty && roll < 80 {
             let q = pick(Self.queues)!
+            let idle = workers.indices.filter { workers[$0].held == nil && workers[$0].queues.contains(q) }
             let id = try operatorClient.put(q, "task \(tasks.count)")
+            if let longest = idle.min(by: { workers[$0].freeSince < workers[$1].freeSince }) {
+                expectedReceiver = (id, longest)
+                if idle.count > 1 { seen.insert("longest idle") }
+            }
             tasks[id] = ModelTask(queue: q, deliveries: 0, state: .ready, seq: next())
             seen.insert("put")
         } else if roll < 80, let w = pick(busy), let id = workers[w].held {
@@ -123,6 +133,7 @@ struct DispatchRun {
                 seen.insert("drop held")
             }
             workers[w].held = nil
+            workers[w].freeSince = next()
         } else if roll < 88, let w = pick(workers.indices.filter { workers[$0].held == nil }) {
             try reconnect(w)
             seen.insert("drop idle")
@@ -155,6 +166,7 @@ struct DispatchRun {
         workers[w].client.disconnect()
         workers[w].client = try Self.subscribed(broker, workers[w].queues)
         workers[w].held = nil
+        workers[w].freeSince = next()
     }
 
     /// Takes the pushes that came, then waits (up to 5 s) until no worker of a queue is
@@ -182,6 +194,9 @@ struct DispatchRun {
                     guard workers[w].queues.contains(m.queue) else { throw TestFailure("worker \(w) got a task of \(m.queue)") }
                     guard m.delivery == t.deliveries + 1 else {
                         throw TestFailure("step \(step): task \(m.id) came as delivery \(m.delivery), the model says \(t.deliveries + 1)")
+                    }
+                    if let e = expectedReceiver, e.task == m.id, e.worker != w {
+                        throw TestFailure("step \(step): task \(m.id) went to worker \(w), not to worker \(e.worker), idle longest")
                     }
                     tasks[m.id]!.deliveries += 1
                     tasks[m.id]!.state = .held(worker: w)
