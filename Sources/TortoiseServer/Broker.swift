@@ -196,17 +196,58 @@ final class Broker: @unchecked Sendable {
         }
     }
 
+    /// Tasks on their way back to the front of their queues, not committed yet (see
+    /// `returnToFront`).
+    private var returning: Set<TaskID> = []
+
     /// Returns a task a worker lost to the front of its queue.
-    func release(_ id: TaskID) {
-        submit(.release(id)) { [self] result in
+    func release(_ id: TaskID, of queue: String) {
+        returnToFront(.release(id), id: id, of: queue) { [self] result in
             switch result {
-            case .success(.returned(let to)): taskReturned(to)
             case .success: break
             // A halted store refuses every change and says so once: a line per held task
             // as the broker stops would only bury that one.
             case .failure(let e) where e.code == .halted: break
             case .failure(let e): logger.error("returning task \(id) failed: \(e.message)")
             }
+        }
+    }
+
+    /// Submits `op`, which puts held task `id` back at the front of `queue` (a release, or
+    /// a `REQUEUE` without delay). Until it is committed the queue hands out nothing, so
+    /// that no worker is given a task that stood behind it; then the task goes to the
+    /// queue's longest-idle worker (or to the failed store, past the delivery limit).
+    /// `completion` runs once the change is done: durable for a `REQUEUE`, committed for
+    /// a release (which needs no flush: a crash returns the task all the same).
+    func returnToFront(_ op: StoreOperation, id: TaskID, of queue: String,
+                       _ completion: @escaping @Sendable (Result<StoreOutcome, StorageError>) -> Void) {
+        returning.insert(id)
+        dispatcher.beginReturn(queue)
+        submit(op, committed: { [self] outcome in
+            returned(id, of: queue, outcome)
+        }) { [self] result in
+            // Without a flush to wait for (or after a failure) this is the first word.
+            // After `committed` it finds nothing to do.
+            switch result {
+            case .success(let outcome): returned(id, of: queue, outcome)
+            case .failure: returned(id, of: queue, nil)
+            }
+            completion(result)
+        }
+    }
+
+    /// Ends `id`'s return to `queue` the first time it is called: the queue hands out
+    /// again, the returned task first if it is back there.
+    private func returned(_ id: TaskID, of queue: String, _ outcome: StoreOutcome?) {
+        guard returning.remove(id) != nil else { return }
+        dispatcher.endReturn(queue)
+        if case .returned(.ready(let q)) = outcome, q == queue {
+            tasksAvailable(q, 1)
+        } else {
+            // Not back in this queue (failed past the delivery limit, not held, or the
+            // change failed): what stood behind it may go now.
+            if case .returned(let to) = outcome { taskReturned(to) }
+            dispatch(queue)
         }
     }
 

@@ -31,6 +31,8 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
     /// Where the next look for a task among ``subscriptions`` starts.
     private var nextLook = 0
     private var held: TaskID?
+    /// The queue of the task held (or last held).
+    private var heldQueue = ""
     /// When the held task's ack timeout runs out (each delivery and TOUCH moves it).
     private var heldDeadline = NIODeadline.distantFuture
     /// At most one timer, armed for the deadline it saw: when it fires before a moved
@@ -469,12 +471,12 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
     }
 
     /// A change to a held task failed in the store: say so, and give the task back.
-    private func storeFailed(_ e: StorageError, slot: ReplyQueue.Slot, id: TaskID) {
+    private func storeFailed(_ e: StorageError, slot: ReplyQueue.Slot, id: TaskID, queue: String) {
         if e.code == .notFound {
             fill(slot, .error(Self.notHeld(id)))
         } else {
             fill(slot, internalError(e))
-            broker.release(id)
+            broker.release(id, of: queue)
         }
     }
 
@@ -485,36 +487,33 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
     }
 
     /// The worker is done with its task, one way or another (ACK, NACK, REQUEUE): change
-    /// it in the store, answer once that is durable, and become free for the next task
-    /// without waiting for this flush: at once after ACK, NACK and a delayed REQUEUE, and
-    /// once a REQUEUE without delay is committed, so that the returned task is back at the
-    /// front before this worker (or any other) is given what stood behind it. (That wait,
-    /// a commit, is about 0.05 ms here: a worker requeueing task after task without delay
-    /// gets its next one after 90 µs instead of 36–41, 7,900–8,800 a second instead of
-    /// 16,800–16,900.)
+    /// it in the store, answer once that is durable, and become free for the next task at
+    /// once, without waiting for this flush. A task that a REQUEUE without delay returns to
+    /// the front holds its queue back until that is committed (`Broker.returnToFront`),
+    /// so that no worker is given what stood behind it first.
     private func settle(_ id: TaskID, _ op: StoreOperation) {
         guard takeHeld(id) else { return }
+        let queue = heldQueue
         let slot = replies.reserve()
-        var committed: (@Sendable (StoreOutcome) -> Void)?
-        let waitsForCommit: Bool
-        if case .requeue(_, nil) = op { waitsForCommit = true } else { waitsForCommit = false }
-        if case .requeue = op {
-            // The returned task goes to an idle worker as soon as it is committed.
-            committed = { [self] outcome in
-                if case .returned(let to) = outcome { broker.taskReturned(to) }
-                if waitsForCommit { becomeIdle() }
-            }
-        }
-        broker.submit(op, committed: committed) { [self] result in
+        let completion: @Sendable (Result<StoreOutcome, StorageError>) -> Void = { [self] result in
             switch result {
-            case .success:
-                fill(slot, .ok([]))
-            case .failure(let e):
-                storeFailed(e, slot: slot, id: id)
-                if waitsForCommit { becomeIdle() }
+            case .success: fill(slot, .ok([]))
+            case .failure(let e): storeFailed(e, slot: slot, id: id, queue: queue)
             }
         }
-        if !waitsForCommit { becomeIdle() }
+        switch op {
+        case .requeue(_, nil):
+            broker.returnToFront(op, id: id, of: queue, completion)
+        case .requeue:
+            // Delayed: it does not touch the front. It may be due again before its flush
+            // ends, so the broker hears of it at commit.
+            broker.submit(op, committed: { [broker] outcome in
+                if case .returned(let to) = outcome { broker.taskReturned(to) }
+            }, completion)
+        default:
+            broker.submit(op, completion)
+        }
+        becomeIdle()
     }
 
     /// Checks that this connection holds `id` and lets go of it (the caller then changes it).
@@ -550,6 +549,7 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
 
     func deliver(_ task: DeliveredTask) {
         held = task.id
+        heldQueue = task.queue
         // The next look for a task starts after this queue (see becomeIdle).
         if subscriptions.count == 1 {
             nextLook = 1
@@ -588,7 +588,7 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
         }
         held = nil
         broker.logger.warning("a worker held task \(id) past the ack timeout of \(broker.config.ackTimeoutSeconds)s; returning it and closing the connection")
-        broker.release(id)
+        broker.release(id, of: heldQueue)
         var b = context.channel.allocator.buffer(capacity: 80)
         ServerFrame.error(code: ErrorCode.timeout.rawValue, message: "\(id) held longer than the ack timeout of \(broker.config.ackTimeoutSeconds)s").write(to: &b)
         stopParsing = true
@@ -603,7 +603,7 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
         authTimer?.cancel()
         if let id = held {
             held = nil
-            broker.release(id)
+            broker.release(id, of: heldQueue)
         }
         for q in subscriptions { broker.dispatcher.unsubscribe(q) }
         // The queues' idle lines may still name this connection: let go of the queues so

@@ -15,6 +15,11 @@ struct Dispatcher {
         private var idle = CircularBuffer<(worker: ConnectionHandler, epoch: UInt64)>()
         /// Connected workers subscribed.
         var workers = 0
+        /// Tasks on their way back to the front of this queue (a lost worker's, or one
+        /// returned by `REQUEUE` without delay) whose change is not committed yet. Until
+        /// they are there the queue hands nothing out: what stands behind them must not
+        /// go first.
+        var returning = 0
 
         init(name: String) {
             self.name = name
@@ -39,7 +44,7 @@ struct Dispatcher {
         /// The longest-idle worker when there is an available task: both are claimed
         /// (the caller takes the task for the worker).
         func claim() -> ConnectionHandler? {
-            guard available > 0 else { return nil }
+            guard available > 0, returning == 0 else { return nil }
             while let entry = idle.popFirst() {
                 if entry.worker.isIdle(epoch: entry.epoch) {
                     available -= 1
@@ -76,7 +81,23 @@ struct Dispatcher {
 
     mutating func unsubscribe(_ queue: QueueState) {
         queue.workers -= 1
-        if queue.available == 0 && queue.workers <= 0 { queues[queue.name] = nil }
+        forgetIfUnused(queue)
+    }
+
+    private mutating func forgetIfUnused(_ queue: QueueState) {
+        if queue.available == 0 && queue.workers <= 0 && queue.returning == 0 { queues[queue.name] = nil }
+    }
+
+    /// A task of `queue` is on its way back to the front: the queue hands nothing out
+    /// until `endReturn`.
+    mutating func beginReturn(_ queue: String) {
+        state(queue).returning += 1
+    }
+
+    mutating func endReturn(_ queue: String) {
+        guard let q = queues[queue] else { return }
+        q.returning -= 1
+        forgetIfUnused(q)
     }
 
     /// The longest-idle worker of `queue` when it has an available task: both are

@@ -48,9 +48,6 @@ struct DispatchRun {
     var tasks: [UInt64: ModelTask] = [:]
     var seen: Set<String> = []
     var counter = 0
-    /// Whether the last step dropped a worker holding a task: its task comes back while
-    /// the broker hands out others, so the order it goes out in is not checked then.
-    var returnsLate = false
     /// Whether the last step moved a task to the failed store.
     var failedThisStep = false
     /// The task the last step put, and the worker that must get it: the one idle longest
@@ -92,7 +89,6 @@ struct DispatchRun {
 
     mutating func randomStep() throws {
         let busy = workers.indices.filter { workers[$0].held != nil }
-        returnsLate = false
         failedThisStep = false
         expectedReceiver = nil
         let roll = Int.random(in: 0..<100, using: &rng)
@@ -129,7 +125,6 @@ struct DispatchRun {
             default:
                 try reconnect(w)
                 giveBack(id, delayed: false)
-                returnsLate = true
                 seen.insert("drop held")
             }
             workers[w].held = nil
@@ -174,8 +169,8 @@ struct DispatchRun {
     mutating func settle(step: Int) throws {
         let deadline = Date().addingTimeInterval(5)
         // FIFO: what goes out of a queue while the broker settles is the front of what
-        // was ready (unless a delay ends meanwhile, or a dropped worker's task comes back).
-        let checksOrder = !returnsLate && !tasks.values.contains { $0.state == .delayed }
+        // was ready, a dropped worker's task included (unless a delay ends meanwhile).
+        let checksOrder = !tasks.values.contains { $0.state == .delayed }
         var front: [String: [UInt64]] = [:]
         for (id, t) in tasks where t.state == .ready { front[t.queue, default: []].append(id) }
         for q in front.keys { front[q]!.sort { tasks[$0]!.seq < tasks[$1]!.seq } }

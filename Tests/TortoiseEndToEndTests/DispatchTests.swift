@@ -142,6 +142,43 @@ import TortoiseProtocol
         #expect(seen == ["t1#1", "t1#2", "t2#1", "t2#2"])
     }
 
+    @Test func aLostWorkersTaskGoesOutBeforeTheTasksBehindIt() throws {
+        let broker = try BrokerProcess()
+        let p = try broker.client()
+        // 2,000 failures of another queue, for a REPLAY that keeps the writer busy.
+        let failures = 2000
+        let f = try broker.client()
+        #expect(try f.call("SUB other") == .ok([]))
+        p.send(String(repeating: "PUT other 1\r\nx\r\n", count: failures))
+        for _ in 0..<failures {
+            let m = try f.message()
+            f.send("NACK \(m.id) 4\r\nboom\r\n")
+        }
+        for _ in 0..<failures { #expect(try p.frame().isOK && f.frame().isOK) }
+        f.disconnect()
+
+        for i in 1...4 { _ = try p.put("q", "t\(i)") }
+        let w1 = try broker.client()
+        #expect(try w1.call("SUB q") == .ok([]))
+        #expect(try w1.message().payload == "t1")
+        let w2 = try broker.client()
+        #expect(try w2.call("SUB q") == .ok([]))
+        let m2 = try w2.message()
+        // While the writer replays them in one transaction (about 50 ms here), w1 goes away
+        // holding t1, and once the broker has seen that, w2 finishes t2. Its next task must
+        // be t1, on its way back to the front, not t3 behind it. (Before the fix it got t3
+        // in 3 runs of 3: t1 was not back before the replay was committed.)
+        let operatorClient = try broker.client()
+        operatorClient.send("REPLAY 11\r\nqueue:other\r\n")
+        Thread.sleep(forTimeInterval: 0.005)
+        w1.disconnect()
+        while try p.stats().queues["q"]?.workers != 1 { Thread.sleep(forTimeInterval: 0.0005) }
+        #expect(try w2.call("ACK \(m2.id)") == .ok([]))
+        let next = try w2.message(timeout: 5)
+        #expect("\(next.payload)#\(next.delivery)" == "t1#2")
+        #expect(try operatorClient.frame(timeout: 30) == .ok([String(failures)]))
+    }
+
     @Test func aLostWorkersTaskGoesToAnIdleWorkerAtOnce() throws {
         let broker = try BrokerProcess()
         let p = try broker.client()
