@@ -111,7 +111,7 @@ let package = Package(
         ),
         .testTarget(
             name: "TortoiseProtocolTests",
-            dependencies: ["TortoiseProtocol"]
+            dependencies: ["TortoiseProtocol", "TortoiseTestSupport"]
         ),
         .testTarget(
             name: "TortoiseEndToEndTests",

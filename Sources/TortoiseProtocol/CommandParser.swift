@@ -8,6 +8,11 @@ import TortoiseStorage
 public struct CommandParser: Sendable {
     /// The largest body accepted.
     public let maxBody: Int
+    /// Whether well-formed lines of the commands sent most (`PUT`, `ACK`, `NACK`,
+    /// `REQUEUE`, `TOUCH`, `SUB`) are read straight from the bytes; any other line, and
+    /// any that is not plainly well-formed, takes the general path. Off only in tests,
+    /// which check that both give the same result for every line.
+    let fastPath: Bool
     private var pending: PendingBody?
     private var stopped = false
 
@@ -16,11 +21,23 @@ public struct CommandParser: Sendable {
         var args: [String]
         var length: Int
         var deferred: ProtocolError?
+        /// Set by the fast path: what the body completes (`verb` and `args` are unused).
+        var fast: FastBody?
+    }
+
+    private enum FastBody: Sendable {
+        case put(queue: String)
+        case nack(TaskID)
     }
 
     /// A parser that accepts bodies of up to `maxBody` bytes.
     public init(maxBody: Int = Wire.defaultMaxBody) {
+        self.init(maxBody: maxBody, fastPath: true)
+    }
+
+    init(maxBody: Int, fastPath: Bool) {
         self.maxBody = maxBody
+        self.fastPath = fastPath
     }
 
     /// How many bytes the body being read still needs in all (0 between commands): a
@@ -41,6 +58,21 @@ public struct CommandParser: Sendable {
     }
 
     private mutating func readLine(_ buffer: inout ByteBuffer) -> Result<Command, ProtocolError>? {
+        if fastPath {
+            let maxBody = maxBody
+            switch buffer.withUnsafeReadableBytes({ Self.fastLine($0, maxBody: maxBody) }) {
+            case .command(let command, let length):
+                buffer.moveReaderIndex(forwardBy: length)
+                return .success(command)
+            case .body(let fast, let size, let length):
+                buffer.moveReaderIndex(forwardBy: length)
+                let p = PendingBody(verb: "", args: [], length: size, deferred: nil, fast: fast)
+                pending = p
+                return readBody(p, &buffer)
+            case .general:
+                break
+            }
+        }
         let line: (words: [String], length: Int)? = buffer.withUnsafeReadableBytes { raw in
             guard let nl = raw.prefix(Wire.maxLine).firstIndex(of: UInt8(ascii: "\n")) else { return nil }
             return (Wire.words(UnsafeRawBufferPointer(rebasing: raw[..<nl]), omittingEmpty: true), nl + 1)
@@ -157,6 +189,11 @@ public struct CommandParser: Sendable {
     }
 
     private func build(_ p: PendingBody, _ body: ByteBuffer) -> Result<Command, ProtocolError> {
+        switch p.fast {
+        case .put(let queue): return .success(.put(queue: queue, payload: body))
+        case .nack(let id): return .success(.nack(id, error: String(decoding: body.readableBytesView, as: UTF8.self)))
+        case nil: break
+        }
         func text(_ what: String) -> Result<String, ProtocolError> {
             guard let s = body.getString(at: body.readerIndex, length: body.readableBytes),
                   s.utf8.elementsEqual(body.readableBytesView) else {
@@ -201,6 +238,104 @@ public struct CommandParser: Sendable {
             return .failure(ProtocolError(.badArgument, "queue name '\(clip(w))' is not 1 to \(Wire.maxNameLength) of A-Z a-z 0-9 . _ - :"))
         }
         return .success(w)
+    }
+
+    // MARK: Fast path
+
+    private enum FastLine {
+        /// A whole command, and the bytes of its line.
+        case command(Command, Int)
+        /// A command whose body follows: what it is, the body's size, the bytes of its line.
+        case body(FastBody, Int, Int)
+        /// Not a plainly well-formed line of a command the fast path knows (or no whole
+        /// line yet): the general path decides.
+        case general
+    }
+
+    /// Reads a well-formed `PUT`, `NACK`, `ACK`, `TOUCH`, `REQUEUE` or `SUB` line without
+    /// making a String of every word: single spaces, decimal numbers of at most 19 digits,
+    /// valid queue names. Anything else is left to the general path, which gives the
+    /// same result for these lines (`CommandParserTests` checks it) and the errors.
+    private static func fastLine(_ raw: UnsafeRawBufferPointer, maxBody: Int) -> FastLine {
+        guard let nl = raw.prefix(Wire.maxLine).firstIndex(of: UInt8(ascii: "\n")) else { return .general }
+        var end = nl
+        if end > 0 && raw[end - 1] == UInt8(ascii: "\r") { end -= 1 }
+        // Up to four words, cut at single spaces; an empty word (two spaces, or one at
+        // either end) goes to the general path.
+        var starts = (0, 0, 0, 0)
+        var ends = (0, 0, 0, 0)
+        var count = 0
+        var start = 0
+        var i = 0
+        while i <= end {
+            if i == end || raw[i] == UInt8(ascii: " ") {
+                guard i > start, count < 4 else { return .general }
+                switch count {
+                case 0: starts.0 = start; ends.0 = i
+                case 1: starts.1 = start; ends.1 = i
+                case 2: starts.2 = start; ends.2 = i
+                default: starts.3 = start; ends.3 = i
+                }
+                count += 1
+                start = i + 1
+            }
+            i += 1
+        }
+        func word(_ k: Int) -> UnsafeRawBufferPointer {
+            switch k {
+            case 0: UnsafeRawBufferPointer(rebasing: raw[starts.0..<ends.0])
+            case 1: UnsafeRawBufferPointer(rebasing: raw[starts.1..<ends.1])
+            case 2: UnsafeRawBufferPointer(rebasing: raw[starts.2..<ends.2])
+            default: UnsafeRawBufferPointer(rebasing: raw[starts.3..<ends.3])
+            }
+        }
+        let line = nl + 1
+        let verb = word(0)
+        switch (verb.count, verb.first!) {
+        case (3, UInt8(ascii: "A")) where count == 2 && spells(verb, "ACK"):
+            guard let id = number(word(1)) else { return .general }
+            return .command(.ack(id), line)
+        case (3, UInt8(ascii: "P")) where count == 3 && spells(verb, "PUT"):
+            guard let queue = name(word(1)), let size = number(word(2)), size <= UInt64(maxBody) else { return .general }
+            return .body(.put(queue: queue), Int(size), line)
+        case (4, UInt8(ascii: "N")) where count == 3 && spells(verb, "NACK"):
+            guard let id = number(word(1)), let size = number(word(2)), size <= UInt64(maxBody) else { return .general }
+            return .body(.nack(id), Int(size), line)
+        case (7, UInt8(ascii: "R")) where (count == 2 || count == 3) && spells(verb, "REQUEUE"):
+            guard let id = number(word(1)) else { return .general }
+            guard count == 3 else { return .command(.requeue(id, delayMillis: nil), line) }
+            guard let delay = number(word(2)) else { return .general }
+            return .command(.requeue(id, delayMillis: delay), line)
+        case (5, UInt8(ascii: "T")) where count == 2 && spells(verb, "TOUCH"):
+            guard let id = number(word(1)) else { return .general }
+            return .command(.touch(id), line)
+        case (3, UInt8(ascii: "S")) where count == 2 && spells(verb, "SUB"):
+            guard let queue = name(word(1)) else { return .general }
+            return .command(.sub(queue), line)
+        default:
+            return .general
+        }
+    }
+
+    private static func spells(_ word: UnsafeRawBufferPointer, _ verb: StaticString) -> Bool {
+        word.count == verb.utf8CodeUnitCount
+            && word.elementsEqual(UnsafeRawBufferPointer(start: verb.utf8Start, count: verb.utf8CodeUnitCount))
+    }
+
+    /// 1 to 19 decimal digits (always within UInt64); otherwise nil.
+    private static func number(_ word: UnsafeRawBufferPointer) -> UInt64? {
+        guard word.count <= 19 else { return nil }
+        var n: UInt64 = 0
+        for b in word {
+            guard b >= 0x30 && b <= 0x39 else { return nil }
+            n = n &* 10 &+ UInt64(b &- 0x30)
+        }
+        return n
+    }
+
+    private static func name(_ word: UnsafeRawBufferPointer) -> String? {
+        guard word.count <= Wire.maxNameLength, Wire.isValidName(word) else { return nil }
+        return String(decoding: word, as: UTF8.self)
     }
 
     /// A word cut short for an error message, with anything but printable ASCII escaped.

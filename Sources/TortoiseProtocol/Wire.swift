@@ -15,7 +15,10 @@ public enum Wire {
 
     /// Whether `name` is a valid queue name: 1 to 128 bytes of `A-Z a-z 0-9 . _ - :`.
     public static func isValidName(_ name: some StringProtocol) -> Bool {
-        let u = name.utf8
+        isValidName(name.utf8)
+    }
+
+    static func isValidName(_ u: some Collection<UInt8>) -> Bool {
         guard !u.isEmpty, u.count <= maxNameLength else { return false }
         return u.allSatisfy { b in
             (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A) || (b >= 0x30 && b <= 0x39)
