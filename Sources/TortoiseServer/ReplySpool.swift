@@ -70,10 +70,17 @@ final class ReplySpool {
 /// A file that only its descriptor reaches: named `.reply-XXXXXX` in the data directory
 /// and removed at once, it goes away when closed, or with the process (a name a crash
 /// left between the two steps is removed when the broker starts).
+///
+/// The store writes to the same filesystem, so a spool never takes its last room: it
+/// leaves an eighth of the filesystem free, at most 64 MiB, and a reply that would need
+/// more fails with an error that says so (the client may ask for fewer tasks) instead of
+/// filling the disk and making the store refuse `PUT`s meanwhile.
 final class SpoolFile: @unchecked Sendable { // one owner at a time: the spool, then the reply
     static let namePrefix = ".reply-"
     private var descriptor: CInt
     private(set) var length = 0
+    /// The free room on the filesystem that the spool leaves to the store.
+    let keepsFree: Int
 
     init(directory: String) throws(StorageError) {
         var template = Array((directory + "/" + Self.namePrefix + "XXXXXX").utf8CString)
@@ -85,6 +92,8 @@ final class SpoolFile: @unchecked Sendable { // one owner at a time: the spool, 
         _ = template.withUnsafeBufferPointer { unlink($0.baseAddress!) }
         _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
         descriptor = fd
+        var fs = statvfs()
+        keepsFree = fstatvfs(fd, &fs) == 0 ? min(64 << 20, Int(fs.f_blocks) * Int(fs.f_frsize) / 8) : 0
     }
 
     /// Removes the spool files a crash left in `directory`.
@@ -94,6 +103,12 @@ final class SpoolFile: @unchecked Sendable { // one owner at a time: the spool, 
     }
 
     func write(_ buffer: inout ByteBuffer) throws(StorageError) {
+        var fs = statvfs()
+        if fstatvfs(descriptor, &fs) == 0, Int(fs.f_bavail) * Int(fs.f_frsize) - buffer.readableBytes < keepsFree {
+            throw StorageError(.diskFull, "the reply is too large for the free space on the data directory's disk "
+                + "(\(Self.size(length + buffer.readableBytes)) so far, and the broker keeps \(Self.size(keepsFree)) free for its store); "
+                + "ask for fewer tasks or narrow the query")
+        }
         while buffer.readableBytes > 0 {
             let n = buffer.readableBytesView.withUnsafeBytes { Glibc.write(descriptor, $0.baseAddress, $0.count) }
             if n < 0 && errno == EINTR { continue }
@@ -104,6 +119,10 @@ final class SpoolFile: @unchecked Sendable { // one owner at a time: the spool, 
             buffer.moveReaderIndex(forwardBy: n)
             length += n
         }
+    }
+
+    static func size(_ bytes: Int) -> String {
+        bytes >= 1 << 20 ? "\(bytes >> 20) MiB" : "\(max(1, bytes >> 10)) KiB"
     }
 
     /// The descriptor, for NIO to send and close; this object no longer closes it.
