@@ -39,7 +39,7 @@ struct DispatchRun {
     static let queues = ["a", "b", "c"]
     static let maxDeliveries = 3
     static let allKinds: Set<String> = ["put", "ack", "nack", "requeue", "delay", "drop held", "drop idle",
-                                        "limit", "replay", "delete", "longest idle"]
+                                        "limit", "replay", "delete", "longest idle", "returned to longest idle"]
 
     let broker: BrokerProcess
     let operatorClient: RawClient
@@ -107,12 +107,14 @@ struct DispatchRun {
             switch Int.random(in: 0..<10, using: &rng) {
             case 0..<4:
                 try expectOK(c.call("ACK \(id)"), "ACK \(id)")
+                markFree(w)
                 tasks[id] = nil
                 seen.insert("ack")
             case 4..<6:
                 let error = "boom \(id)"
                 c.send("NACK \(id) \(error.utf8.count)\r\n\(error)\r\n")
                 try expectOK(c.frame(), "NACK \(id)")
+                markFree(w)
                 tasks[id]!.state = .failed
                 tasks[id]!.failedAs = next()
                 failedThisStep = true
@@ -120,15 +122,16 @@ struct DispatchRun {
             case 6..<8:
                 let delay = Bool.random(using: &rng)
                 try expectOK(c.call(delay ? "REQUEUE \(id) 30" : "REQUEUE \(id)"), "REQUEUE \(id)")
+                markFree(w)
                 giveBack(id, delayed: delay)
+                if !delay { expectReturned(id, by: w) }
                 seen.insert(delay ? "delay" : "requeue")
             default:
                 try reconnect(w)
                 giveBack(id, delayed: false)
+                expectReturned(id, by: w)
                 seen.insert("drop held")
             }
-            workers[w].held = nil
-            workers[w].freeSince = next()
         } else if roll < 88, let w = pick(workers.indices.filter { workers[$0].held == nil }) {
             try reconnect(w)
             seen.insert("drop idle")
@@ -150,6 +153,25 @@ struct DispatchRun {
         }
     }
 
+    /// Worker `w` gave its task back (or it was taken back): it is idle from now.
+    mutating func markFree(_ w: Int) {
+        workers[w].held = nil
+        workers[w].freeSince = next()
+    }
+
+    /// A task worker `w` gave back (or lost), back at the front of its queue, goes to the
+    /// worker of the queue idle longest: not `w`, idle shortest, when another is idle. (With
+    /// none, `w` may take a task of another of its queues first: no one is expected.)
+    mutating func expectReturned(_ id: UInt64, by w: Int) {
+        guard tasks[id]!.state == .ready else { return }
+        let q = tasks[id]!.queue
+        let idle = workers.indices.filter { $0 != w && workers[$0].held == nil && workers[$0].queues.contains(q) }
+        if let longest = idle.min(by: { workers[$0].freeSince < workers[$1].freeSince }) {
+            expectedReceiver = (id, longest)
+            seen.insert("returned to longest idle")
+        }
+    }
+
     func expectOK(_ f: ServerFrame, _ what: String, words: [String]? = nil) throws {
         guard case .ok(let w) = f, words == nil || w == words! else {
             throw TestFailure("\(what): \(f)\(words.map { ", expected OK \($0.joined(separator: " "))" } ?? "")")
@@ -160,8 +182,7 @@ struct DispatchRun {
     mutating func reconnect(_ w: Int) throws {
         workers[w].client.disconnect()
         workers[w].client = try Self.subscribed(broker, workers[w].queues)
-        workers[w].held = nil
-        workers[w].freeSince = next()
+        markFree(w)
     }
 
     /// Takes the pushes that came, then waits (up to 5 s) until no worker of a queue is
