@@ -22,7 +22,9 @@ import TortoiseStorage
         #expect(inputs.count >= 2)
         for bytes in inputs {
             let cut = bytes.isEmpty ? 0 : Int(bytes[0]) % (bytes.count + 1)
-            #expect(CommandParser.transcript(of: [bytes[...]]) == CommandParser.transcript(of: [bytes[..<cut], bytes[cut...]]))
+            let whole = CommandParser.transcript(of: [bytes[...]])
+            #expect(whole == CommandParser.transcript(of: [bytes[..<cut], bytes[cut...]]))
+            #expect(whole == CommandParser.transcript(of: [bytes[...]], fastPath: false))
         }
     }
 
