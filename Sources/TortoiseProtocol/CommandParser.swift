@@ -255,7 +255,7 @@ public struct CommandParser: Sendable {
     /// Reads a well-formed `PUT`, `NACK`, `ACK`, `TOUCH`, `REQUEUE` or `SUB` line without
     /// making a String of every word: single spaces, decimal numbers of at most 19 digits,
     /// valid queue names. Anything else is left to the general path, which gives the
-    /// same result for these lines (`CommandParserTests` checks it) and the errors.
+    /// same result for these lines (`FastPathTests` and `FuzzCorpusTests` check it) and the errors.
     private static func fastLine(_ raw: UnsafeRawBufferPointer, maxBody: Int) -> FastLine {
         guard let nl = raw.prefix(Wire.maxLine).firstIndex(of: UInt8(ascii: "\n")) else { return .general }
         var end = nl
