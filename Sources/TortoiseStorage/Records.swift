@@ -58,6 +58,22 @@ struct TaskRecord {
     }
 }
 
+extension TaskRecord {
+    /// What a delivery needs of a stored record, read in place without decoding the rest:
+    /// the deliveries so far and a copy of the payload.
+    static func deliveryFields(_ raw: UnsafeRawBufferPointer) throws(StorageError) -> (deliveries: UInt32, payload: [UInt8]) {
+        // state (1), deliveries (4), replays (4), seq (8), ready-at (8), queue length (4),
+        // queue, payload: see `encoded()`.
+        func u32(at i: Int) -> UInt32 {
+            UInt32(raw[i]) << 24 | UInt32(raw[i + 1]) << 16 | UInt32(raw[i + 2]) << 8 | UInt32(raw[i + 3])
+        }
+        guard raw.count >= 29 else { throw StorageError(.corrupt, "a stored record is shorter than its format says") }
+        let payloadStart = 29 + Int(u32(at: 25))
+        guard raw.count >= payloadStart else { throw StorageError(.corrupt, "a stored record is shorter than its format says") }
+        return (u32(at: 1), Array(raw[payloadStart...]))
+    }
+}
+
 /// A task in the failed store, as operators see it.
 public struct FailedTask: Sendable, Equatable {
     /// The task's id (kept from when it was put).

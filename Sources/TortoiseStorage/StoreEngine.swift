@@ -884,9 +884,10 @@ final class StoreEngine: @unchecked Sendable {
                 try c.walk(from: prefix) { (key, value) throws(StorageError) in
                     guard key.starts(with: prefix) else { return false }
                     let id = UInt64(bigEndianBytes: value)
-                    guard !skipping.contains(id), let bytes = try txn.get(t.tasks, StoreTables.taskKey(id)) else { return true }
-                    let rec = try TaskRecord(decoding: bytes)
-                    found = DeliveredTask(id: id, queue: queue, payload: rec.payload, delivery: Int(rec.deliveries) + 1)
+                    guard !skipping.contains(id),
+                          let (deliveries, payload) = try txn.withValue(t.tasks, StoreTables.taskKey(id), TaskRecord.deliveryFields)
+                    else { return true }
+                    found = DeliveredTask(id: id, queue: queue, payload: payload, delivery: Int(deliveries) + 1)
                     return false
                 }
                 return found

@@ -48,8 +48,10 @@ public struct LMDBTransaction: ~Copyable {
         return result
     }
 
-    /// The value stored under `key`, copied out, or nil.
-    public func get(_ db: LMDBDatabase, _ key: [UInt8]) throws(StorageError) -> [UInt8]? {
+    /// `body`'s answer about the value stored under `key`, read in place (the bytes are
+    /// LMDB's and valid only during `body`), or nil when there is none.
+    public func withValue<R>(_ db: LMDBDatabase, _ key: [UInt8],
+                             _ body: (UnsafeRawBufferPointer) throws(StorageError) -> R) throws(StorageError) -> R? {
         var value = MDB_val()
         let rc = key.withUnsafeBytes { k in
             var kv = MDB_val(mv_size: k.count, mv_data: UnsafeMutableRawPointer(mutating: k.baseAddress))
@@ -57,7 +59,12 @@ public struct LMDBTransaction: ~Copyable {
         }
         if rc == MDB_NOTFOUND { return nil }
         try check(rc, "reading a record")
-        return copyOut(value)
+        return try body(UnsafeRawBufferPointer(start: value.mv_data, count: value.mv_size))
+    }
+
+    /// The value stored under `key`, copied out, or nil.
+    public func get(_ db: LMDBDatabase, _ key: [UInt8]) throws(StorageError) -> [UInt8]? {
+        try withValue(db, key) { Array($0) }
     }
 
     /// Whether `key` is present.
