@@ -61,13 +61,18 @@ struct SearchBench: AsyncParsableCommand {
         func median(_ label: String, _ body: () throws -> String) rethrows {
             var times: [Double] = []
             var note = ""
+            // The most the resident set grew while the query ran (its peak is reset first).
+            var grew = 0
             for _ in 0..<repetitions {
+                let before = ProcessMemory.resetPeak()
                 let t0 = DispatchTime.now().uptimeNanoseconds
                 note = try body()
                 times.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6)
+                grew = max(grew, ProcessMemory.peakKiB() - before)
             }
             times.sort()
-            print(String(format: "%-58@ median %8.2f ms  (min %.2f, max %.2f)  %@", label as NSString, times[times.count / 2], times.first!, times.last!, note as NSString))
+            print(String(format: "%-58@ median %8.2f ms  (min %.2f, max %.2f)  peak +%.1f MiB  %@", label as NSString,
+                         times[times.count / 2], times.first!, times.last!, Double(grew) / 1024, note as NSString))
         }
 
         let now = currentMillis()
@@ -95,6 +100,13 @@ struct SearchBench: AsyncParsableCommand {
         try median("ERRORS 100 (all groups)") {
             "groups \(try store.errorGroups(FailedQuery(), limit: 100).count)"
         }
+        try median("ERRORS 100 broad word (a tenth of the failures)") {
+            "groups \(try store.errorGroups(family, limit: 100).count)"
+        }
+        let every = try QueryParser.parse("failure", now: now).get()
+        try median("ERRORS 100 failure (a word of every failure)") {
+            "groups \(try store.errorGroups(every, limit: 100).count)"
+        }
         try median("ERRORS 100 queue:queue5") {
             "groups \(try store.errorGroups(try QueryParser.parse("queue:queue5", now: now).get(), limit: 100).count)"
         }
@@ -105,4 +117,24 @@ struct SearchBench: AsyncParsableCommand {
             print(String(format: "REPLAY family word: %d tasks in %.2f s (one transaction, one fsync)", per.values.reduce(0, +), replayTime))
         }
     }
+}
+
+/// The process's resident set from /proc/self/status, in KiB.
+enum ProcessMemory {
+    static func field(_ name: String) -> Int {
+        guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return 0 }
+        for line in status.split(separator: "\n") where line.hasPrefix(name + ":") {
+            return Int(line.split(separator: " ", omittingEmptySubsequences: true)[1]) ?? 0
+        }
+        return 0
+    }
+
+    /// Resets the peak resident set (VmHWM) to the current one, and returns that.
+    static func resetPeak() -> Int {
+        let fd = open("/proc/self/clear_refs", O_WRONLY)
+        if fd >= 0 { _ = write(fd, "5", 1); close(fd) }
+        return field("VmRSS")
+    }
+
+    static func peakKiB() -> Int { field("VmHWM") }
 }
