@@ -16,6 +16,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-collections.git", from: "1.1.0"),
     ],
     targets: [
         .systemLibrary(
@@ -30,7 +31,10 @@ let package = Package(
         ),
         .target(
             name: "TortoiseStorage",
-            dependencies: ["CLMDB", "CZlib"]
+            dependencies: [
+                "CLMDB", "CZlib",
+                .product(name: "HeapModule", package: "swift-collections"),
+            ]
         ),
         .target(
             name: "TortoiseProtocol",

@@ -1,3 +1,5 @@
+import HeapModule
+
 /// The failed store and its secondary indexes, kept in the caller's transaction so that
 /// they never disagree; and the query planner that answers searches from them.
 struct FailedIndex {
@@ -44,23 +46,9 @@ struct FailedIndex {
         _ body: (Millis, TaskID, FailedTask?) throws(StorageError) -> Bool
     ) throws(StorageError) {
         // Index terms other than the driver are checked by pair lookups.
-        var lookups: [(LMDBDatabase, [UInt8])] = []
-        for w in query.words { lookups.append((t.byWord, Array(w.utf8))) }
-        for q in query.queues { lookups.append((t.byQueue, Array(q.utf8))) }
-        for g in query.groups { lookups.append((t.byGroup, g.bigEndianBytes)) }
-
+        let lookups = lookups(query)
         func accept(_ at: Millis, _ id: TaskID, skip: Int?, _ txn: borrowing LMDBTransaction) throws(StorageError) -> (Bool, FailedTask?) {
-            if let since = query.since, at < since { return (false, nil) }
-            if let before = query.before, at >= before { return (false, nil) }
-            let p = StoreTables.posting(at, id)
-            for (i, (db, key)) in lookups.enumerated() where i != skip {
-                if try !txn.containsPair(db, key, p) { return (false, nil) }
-            }
-            if query.hasResidualTerms {
-                guard let f = try load(id, txn), query.matchesResidualTerms(f) else { return (false, nil) }
-                return (true, f)
-            }
-            return (true, nil)
+            try self.accept(at, id, query, lookups, skip: skip, txn)
         }
 
         if !query.ids.isEmpty {
@@ -119,6 +107,34 @@ struct FailedIndex {
         }
     }
 
+    /// The index terms of `query` as (table, key) pairs: a failure matches them when each
+    /// table holds its posting under the key.
+    private func lookups(_ query: FailedQuery) -> [(LMDBDatabase, [UInt8])] {
+        var lookups: [(LMDBDatabase, [UInt8])] = []
+        for w in query.words { lookups.append((t.byWord, Array(w.utf8))) }
+        for q in query.queues { lookups.append((t.byQueue, Array(q.utf8))) }
+        for g in query.groups { lookups.append((t.byGroup, g.bigEndianBytes)) }
+        return lookups
+    }
+
+    /// Whether the failure `id`, failed at `at`, matches `query` (but for its `id:` terms,
+    /// and the lookup numbered `skip`, which the caller walks). The record comes along
+    /// when a residual term needed it.
+    private func accept(_ at: Millis, _ id: TaskID, _ query: FailedQuery, _ lookups: [(LMDBDatabase, [UInt8])],
+                        skip: Int?, _ txn: borrowing LMDBTransaction) throws(StorageError) -> (Bool, FailedTask?) {
+        if let since = query.since, at < since { return (false, nil) }
+        if let before = query.before, at >= before { return (false, nil) }
+        let p = StoreTables.posting(at, id)
+        for (i, (db, key)) in lookups.enumerated() where i != skip {
+            if try !txn.containsPair(db, key, p) { return (false, nil) }
+        }
+        if query.hasResidualTerms {
+            guard let f = try load(id, txn), query.matchesResidualTerms(f) else { return (false, nil) }
+            return (true, f)
+        }
+        return (true, nil)
+    }
+
     // MARK: Answers
 
     func search(_ query: FailedQuery, limit: Int, _ txn: borrowing LMDBTransaction) throws(StorageError) -> FailedPage {
@@ -162,7 +178,7 @@ struct FailedIndex {
     /// A group's figures while the matches are counted: its example is read only if the
     /// group makes the page (an error text may be as big as `--max-body`, and a query may
     /// match a great many groups).
-    private struct GroupTally {
+    struct GroupTally {
         var group: UInt64
         var count: Int
         var firstFailedAt: Millis
@@ -172,8 +188,16 @@ struct FailedIndex {
         var queues: Set<String>?
     }
 
-    func groups(_ query: FailedQuery, limit: Int, _ txn: borrowing LMDBTransaction) throws(StorageError) -> [ErrorGroup] {
-        var tallies: [GroupTally] = []
+    /// The most distinct groups counted at once for a query. Past it (errors that carry
+    /// names, paths or addresses make a group each), the groups are counted one at a time
+    /// instead, so that an `ERRORS` holds at most `limit` groups however many failures
+    /// and groups the store has.
+    static let groupsCountedAtOnce = 1 << 16
+
+    func groups(_ query: FailedQuery, limit: Int, _ txn: borrowing LMDBTransaction,
+                countedAtOnce: Int = groupsCountedAtOnce) throws(StorageError) -> [ErrorGroup] {
+        guard limit > 0 else { return [] }
+        var top = TopGroups(limit: limit)
         if query.isEmpty {
             // Straight from the group index: no failure record is read but the page's examples.
             try txn.withCursor(t.byGroup) { (c) throws(StorageError) in
@@ -184,31 +208,50 @@ struct FailedIndex {
                     let (last, newestID) = StoreTables.decodePosting(entry.value)
                     let oldest = try c.lastDuplicate()!
                     let (first, _) = StoreTables.decodePosting(oldest.value)
-                    tallies.append(GroupTally(group: group, count: count, firstFailedAt: first, lastFailedAt: last, newestID: newestID))
+                    top.offer(GroupTally(group: group, count: count, firstFailedAt: first, lastFailedAt: last, newestID: newestID))
                     e = try c.next()
                 }
             }
+        } else if let tallies = try tallyAtOnce(query, txn, atMost: countedAtOnce) {
+            for tally in tallies { top.offer(tally) }
         } else {
-            var index: [UInt64: Int] = [:]
-            try forEachMatch(query, txn) { (at, id, f) throws(StorageError) in
-                var loaded = f
-                if loaded == nil { loaded = try load(id, txn) }
-                guard let f = loaded else { return true }
-                if let i = index[f.group] {
-                    tallies[i].count += 1
-                    tallies[i].firstFailedAt = min(tallies[i].firstFailedAt, at)
-                    tallies[i].queues!.insert(f.queue)
-                } else {
-                    // Newest first: the first match of a group is its newest.
-                    index[f.group] = tallies.count
-                    tallies.append(GroupTally(group: f.group, count: 1, firstFailedAt: at, lastFailedAt: at, newestID: id, queues: [f.queue]))
+            // Too many groups match to count them all at once: one group after the other,
+            // walking the group index, each group's matches counted without reading their
+            // records; the queues of the groups kept are gathered after.
+            let lookups = lookups(query)
+            var kept = TopGroups(limit: limit)
+            try txn.withCursor(t.byGroup) { (c) throws(StorageError) in
+                var e = try c.first()
+                var current: GroupTally?
+                while let entry = e {
+                    let group = UInt64(bigEndianBytes: entry.key)
+                    if let g = current, g.group != group {
+                        kept.offer(g)
+                        current = nil
+                    }
+                    let (at, id) = StoreTables.decodePosting(entry.value)
+                    if query.ids.isEmpty || query.ids.allSatisfy({ $0 == id }),
+                       try accept(at, id, query, lookups, skip: nil, txn).0 {
+                        // Newest first: the first match of a group is its newest.
+                        if current == nil {
+                            current = GroupTally(group: group, count: 0, firstFailedAt: at, lastFailedAt: at, newestID: id, queues: [])
+                        }
+                        current!.count += 1
+                        current!.firstFailedAt = at
+                    }
+                    e = try c.next()
                 }
-                return true
+                if let g = current { kept.offer(g) }
+            }
+            for var g in kept.ranked() {
+                var narrowed = query
+                narrowed.groups.append(g.group)
+                g.queues = try tallyAtOnce(narrowed, txn, atMost: 1)?.first?.queues ?? []
+                top.offer(g)
             }
         }
-        tallies.sort { ($0.count, $0.lastFailedAt, $0.group) > ($1.count, $1.lastFailedAt, $1.group) }
         var result: [ErrorGroup] = []
-        for g in tallies.prefix(limit) {
+        for g in top.ranked() {
             let example = try load(g.newestID, txn)?.error ?? ""
             let queues: [String]
             if let matched = g.queues { queues = matched.sorted() } else { queues = try queuesOf(g.group, txn) }
@@ -216,6 +259,34 @@ struct FailedIndex {
                                      firstFailedAt: g.firstFailedAt, lastFailedAt: g.lastFailedAt))
         }
         return result
+    }
+
+    /// Counts the failures matching `query` by group, or returns nil once more than
+    /// `atMost` groups turned up.
+    private func tallyAtOnce(_ query: FailedQuery, _ txn: borrowing LMDBTransaction, atMost: Int) throws(StorageError) -> [GroupTally]? {
+        var tallies: [GroupTally] = []
+        var index: [UInt64: Int] = [:]
+        var tooMany = false
+        try forEachMatch(query, txn) { (at, id, f) throws(StorageError) in
+            var loaded = f
+            if loaded == nil { loaded = try load(id, txn) }
+            guard let f = loaded else { return true }
+            if let i = index[f.group] {
+                tallies[i].count += 1
+                tallies[i].firstFailedAt = min(tallies[i].firstFailedAt, at)
+                tallies[i].queues!.insert(f.queue)
+            } else {
+                guard tallies.count < atMost else {
+                    tooMany = true
+                    return false
+                }
+                // Newest first: the first match of a group is its newest.
+                index[f.group] = tallies.count
+                tallies.append(GroupTally(group: f.group, count: 1, firstFailedAt: at, lastFailedAt: at, newestID: id, queues: [f.queue]))
+            }
+            return true
+        }
+        return tooMany ? nil : tallies
     }
 
     private func queuesOf(_ group: UInt64, _ txn: borrowing LMDBTransaction) throws(StorageError) -> [String] {
@@ -229,5 +300,35 @@ struct FailedIndex {
             }
         }
         return out
+    }
+}
+
+/// The `limit` biggest groups seen so far, most frequent first (ties: the one that failed
+/// last, then the higher group number), in a heap of at most `limit` groups.
+struct TopGroups {
+    private struct Ranked: Comparable {
+        var tally: FailedIndex.GroupTally
+        var key: (Int, Millis, UInt64) { (tally.count, tally.lastFailedAt, tally.group) }
+        static func < (a: Ranked, b: Ranked) -> Bool { a.key < b.key }
+        static func == (a: Ranked, b: Ranked) -> Bool { a.key == b.key }
+    }
+
+    let limit: Int
+    private var heap = Heap<Ranked>()
+
+    init(limit: Int) { self.limit = limit }
+
+    mutating func offer(_ tally: FailedIndex.GroupTally) {
+        let r = Ranked(tally: tally)
+        if heap.count < limit {
+            heap.insert(r)
+        } else if let least = heap.min, least < r {
+            _ = heap.replaceMin(with: r)
+        }
+    }
+
+    /// The groups kept, most frequent first.
+    func ranked() -> [FailedIndex.GroupTally] {
+        heap.unordered.sorted { $0 > $1 }.map(\.tally)
     }
 }

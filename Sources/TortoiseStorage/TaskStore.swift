@@ -527,6 +527,14 @@ public final class TaskStore: @unchecked Sendable {
         try engine.read { (txn) throws(StorageError) in try engine.index.groups(query, limit: limit, txn) }
     }
 
+    /// The same, counting at most `countedAtOnce` groups at once before it counts them
+    /// one at a time (for tests of that way).
+    func errorGroups(_ query: FailedQuery, limit: Int, countedAtOnce: Int) throws(StorageError) -> [ErrorGroup] {
+        try engine.read { (txn) throws(StorageError) in
+            try engine.index.groups(query, limit: limit, txn, countedAtOnce: countedAtOnce)
+        }
+    }
+
     /// Every failure, for checks: the brute-force view the indexes must agree with.
     public func allFailures() throws(StorageError) -> [FailedTask] {
         try engine.read { (txn) throws(StorageError) in

@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-import TortoiseStorage
+@testable import TortoiseStorage
 
 /// The indexed answers must equal a brute-force scan, for random failures and queries,
 /// also after replays, deletes, retention and a reopen.
@@ -52,6 +52,9 @@ import TortoiseStorage
             #expect(zip(order, order.dropFirst()).allSatisfy { $0 > $1 }, "groups most frequent first for \(q)")
             let top = try store.errorGroups(q, limit: limit)
             #expect(top == Array(groups.prefix(limit)), "the first \(limit) groups for \(q)")
+            // Counted one group at a time (as when a query matches very many groups).
+            #expect(try store.errorGroups(q, limit: 10_000, countedAtOnce: 2) == groups, "one at a time for \(q)")
+            #expect(try store.errorGroups(q, limit: limit, countedAtOnce: 1) == top, "one at a time for \(q)")
         }
     }
 
