@@ -267,10 +267,15 @@ struct FailedIndex {
         var tallies: [GroupTally] = []
         var index: [UInt64: Int] = [:]
         var tooMany = false
-        try forEachMatch(query, txn) { (at, id, f) throws(StorageError) in
-            var loaded = f
-            if loaded == nil { loaded = try load(id, txn) }
-            guard let f = loaded else { return true }
+        try forEachMatch(query, txn) { (at, id, loaded) throws(StorageError) in
+            let f: (group: UInt64, queue: String)
+            if let loaded {
+                f = (loaded.group, loaded.queue)
+            } else {
+                // Read in place: the error text and payload stay where they are.
+                guard let fields = try txn.withValue(t.failed, StoreTables.taskKey(id), FailedTask.groupAndQueue) else { return true }
+                f = fields
+            }
             if let i = index[f.group] {
                 tallies[i].count += 1
                 tallies[i].firstFailedAt = min(tallies[i].firstFailedAt, at)

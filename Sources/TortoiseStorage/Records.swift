@@ -130,6 +130,20 @@ public struct FailedTask: Sendable, Equatable {
     }
 }
 
+extension FailedTask {
+    /// What counting failures by group needs of a stored failure, read in place without
+    /// copying its error text and payload: its group and queue.
+    static func groupAndQueue(_ raw: UnsafeRawBufferPointer) throws(StorageError) -> (group: UInt64, queue: String) {
+        // deliveries (4), replays (4), failed-at (8), group (8), queue length (4), queue,
+        // error, payload: see `encoded()`.
+        guard raw.count >= 28 else { throw StorageError(.corrupt, "a stored failure is shorter than its format says") }
+        let group = UInt64(bigEndianBytes: raw[16..<24])
+        let length = Int(UInt64(bigEndianBytes: raw[24..<28]))
+        guard raw.count >= 28 + length else { throw StorageError(.corrupt, "a stored failure is shorter than its format says") }
+        return (group, String(decoding: raw[28..<(28 + length)], as: UTF8.self))
+    }
+}
+
 /// A task handed to a worker.
 public struct DeliveredTask: Sendable, Equatable {
     /// The task's id.

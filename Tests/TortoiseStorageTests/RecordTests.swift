@@ -1,7 +1,7 @@
 import Testing
 @testable import TortoiseStorage
 
-/// The task record's encoding, and the fields a delivery reads from it in place.
+/// The task and failure records' encodings, and the fields read from them in place.
 @Suite struct RecordTests {
     static func deliveryFields(_ bytes: [UInt8]) -> Result<(deliveries: UInt32, payload: [UInt8]), StorageError> {
         bytes.withUnsafeBytes { raw in
@@ -30,5 +30,32 @@ import Testing
         // Cut inside the payload, it is read as a shorter payload: the format has no length
         // for it (the record's own length is LMDB's).
         #expect(try Self.deliveryFields(Array(bytes.prefix(35))).get().payload == [1])
+    }
+
+    static func groupAndQueue(_ bytes: [UInt8]) -> Result<(group: UInt64, queue: String), StorageError> {
+        bytes.withUnsafeBytes { raw in
+            do throws(StorageError) { return .success(try FailedTask.groupAndQueue(raw)) } catch { return .failure(error) }
+        }
+    }
+
+    @Test(arguments: [("q", ""), ("a.b_c-d:e", "timeout after 30 s"), (String(repeating: "n", count: 128), String(repeating: "é", count: 5000))])
+    func countingByGroupReadsTheGroupAndQueueAFailureWasStoredWith(queue: String, error: String) throws {
+        let f = FailedTask(id: 7, queue: queue, error: error, group: 0xF00D_CAFE_0102_0304, deliveries: 3, replays: 1,
+                           failedAt: 1_700_000_000_000, payload: [1, 2, 3])
+        let fields = try Self.groupAndQueue(f.encoded()).get()
+        #expect(fields.group == 0xF00D_CAFE_0102_0304)
+        #expect(fields.queue == queue)
+    }
+
+    @Test func aTruncatedFailureIsCorruptNotACrash() throws {
+        let bytes = FailedTask(id: 7, queue: "queue", error: "e", group: 1, deliveries: 1, replays: 0, failedAt: 0, payload: []).encoded()
+        for cut in [0, 16, 27, 28, 32] {
+            guard case .failure(let e) = Self.groupAndQueue(Array(bytes.prefix(cut))) else {
+                Issue.record("a failure cut to \(cut) bytes was read")
+                continue
+            }
+            #expect(e.code == .corrupt)
+        }
+        #expect(try Self.groupAndQueue(Array(bytes.prefix(33))).get().queue == "queue")
     }
 }
