@@ -110,12 +110,28 @@ struct SearchBench: AsyncParsableCommand {
         try median("ERRORS 100 queue:queue5") {
             "groups \(try store.errorGroups(try QueryParser.parse("queue:queue5", now: now).get(), limit: 100).count)"
         }
+        // A producer puts one task after another around the REPLAY: how long its PUTs
+        // wait for the writer while the REPLAY holds it.
+        let producer = Task { () -> [Double] in
+            var waits: [Double] = []
+            let end = Date().addingTimeInterval(2.5)
+            while Date() < end {
+                let p0 = DispatchTime.now().uptimeNanoseconds
+                _ = try? await store.perform(.put(queue: "other", payload: payload))
+                waits.append(Double(DispatchTime.now().uptimeNanoseconds - p0) / 1e6)
+            }
+            return waits
+        }
+        try await Task.sleep(for: .milliseconds(100))
         let t0 = Date()
         let outcome = try await store.perform(.replay(family))
         let replayTime = Date().timeIntervalSince(t0)
         if case .replayed(let per) = outcome {
             print(String(format: "REPLAY family word: %d tasks in %.2f s (one transaction, one fsync)", per.values.reduce(0, +), replayTime))
         }
+        let waits = await producer.value.sorted()
+        print(String(format: "a producer's PUTs over 2.5 s around the REPLAY: %d, p50 %.2f ms, p99 %.2f ms, p99.9 %.2f ms, max %.2f ms",
+                     waits.count, waits[waits.count / 2], waits[waits.count * 99 / 100], waits[waits.count * 999 / 1000], waits.last!))
     }
 }
 
