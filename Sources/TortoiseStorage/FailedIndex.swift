@@ -198,6 +198,7 @@ struct FailedIndex {
                 countedAtOnce: Int = groupsCountedAtOnce) throws(StorageError) -> [ErrorGroup] {
         guard limit > 0 else { return [] }
         var top = TopGroups(limit: limit)
+        var ranked: [GroupTally]
         if query.isEmpty {
             // Straight from the group index: no failure record is read but the page's examples.
             try txn.withCursor(t.byGroup) { (c) throws(StorageError) in
@@ -212,21 +213,22 @@ struct FailedIndex {
                     e = try c.next()
                 }
             }
+            ranked = top.ranked()
         } else if let tallies = try tallyAtOnce(query, txn, atMost: countedAtOnce) {
             for tally in tallies { top.offer(tally) }
+            ranked = top.ranked()
         } else {
             // Too many groups match to count them all at once: one group after the other,
             // walking the group index, each group's matches counted without reading their
             // records; the queues of the groups kept are gathered after.
             let lookups = lookups(query)
-            var kept = TopGroups(limit: limit)
             try txn.withCursor(t.byGroup) { (c) throws(StorageError) in
                 var e = try c.first()
                 var current: GroupTally?
                 while let entry = e {
                     let group = UInt64(bigEndianBytes: entry.key)
                     if let g = current, g.group != group {
-                        kept.offer(g)
+                        top.offer(g)
                         current = nil
                     }
                     let (at, id) = StoreTables.decodePosting(entry.value)
@@ -241,17 +243,17 @@ struct FailedIndex {
                     }
                     e = try c.next()
                 }
-                if let g = current { kept.offer(g) }
+                if let g = current { top.offer(g) }
             }
-            for var g in kept.ranked() {
+            ranked = top.ranked()
+            for i in ranked.indices {
                 var narrowed = query
-                narrowed.groups.append(g.group)
-                g.queues = try tallyAtOnce(narrowed, txn, atMost: 1)?.first?.queues ?? []
-                top.offer(g)
+                narrowed.groups.append(ranked[i].group)
+                ranked[i].queues = try tallyAtOnce(narrowed, txn, atMost: 1)?.first?.queues ?? []
             }
         }
         var result: [ErrorGroup] = []
-        for g in top.ranked() {
+        for g in ranked {
             let example = try load(g.newestID, txn)?.error ?? ""
             let queues: [String]
             if let matched = g.queues { queues = matched.sorted() } else { queues = try queuesOf(g.group, txn) }
