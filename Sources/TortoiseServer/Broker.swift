@@ -142,8 +142,11 @@ final class Broker: @unchecked Sendable {
     // MARK: Dispatch
 
     /// Tasks handed to workers whose claim the writer has not committed yet: the next
-    /// read of the ready table must skip them.
-    private var claiming = Set<TaskID>()
+    /// read of the ready table must skip them. The writer takes each out once its claim
+    /// is committed, on its own thread: hopping to the loop for that would wake it once
+    /// more for every delivery. (A read that copied the set before that sees the claim
+    /// committed: skipping the task then changes nothing.)
+    private let claiming = NIOLockedValueBox(Set<TaskID>())
 
     /// Hands available tasks of `queue` to its idle workers, longest idle first. The task
     /// is read straight from the store and sent at once; marking it in flight follows
@@ -155,7 +158,7 @@ final class Broker: @unchecked Sendable {
         while let worker = dispatcher.claim(queue) {
             let task: DeliveredTask?
             do throws(StorageError) {
-                task = try store.peekReady(queue, skipping: claiming)
+                task = try store.peekReady(queue, skipping: claiming.withLockedValue { $0 })
             } catch {
                 logger.error("reading the next task of \(queue) failed: \(error.message)")
                 dispatcher.addAvailable(queue, 1)
@@ -168,10 +171,10 @@ final class Broker: @unchecked Sendable {
                 worker.becomeIdle()
                 return
             }
-            claiming.insert(task.id)
+            claiming.withLockedValue { _ = $0.insert(task.id) }
             worker.deliver(task)
-            submit(.claim(task.id)) { [self] result in
-                claiming.remove(task.id)
+            store.submit(.claim(task.id)) { [claiming, logger] result in
+                claiming.withLockedValue { _ = $0.remove(task.id) }
                 if case .failure(let e) = result, e.code != .halted {
                     logger.error("marking task \(task.id) in flight failed: \(e.message)")
                 }

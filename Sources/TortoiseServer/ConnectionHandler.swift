@@ -330,14 +330,18 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
             replyNow(.ok([]), closeAfter: true)
         case let .put(queue, payload):
             let slot = replies.reserve()
-            // The new task goes to an idle worker as soon as it is committed, while its
-            // flush runs; the producer's OK waits for the flush.
+            // If a worker waits for this queue, the new task goes to it as soon as it is
+            // committed, while its flush runs; the producer's OK waits for the flush.
+            // Otherwise the task counts as available once it is durable: hearing of the
+            // commit as well would wake the event loop a second time for each PUT.
             let broker = broker
-            broker.submit(.put(queue: queue, payload: Array(payload.readableBytesView)), committed: { _ in
-                broker.tasksAvailable(queue, 1)
-            }) { [self] result in
+            let early = broker.dispatcher.mayHaveIdleWorker(queue)
+            var committed: (@Sendable (StoreOutcome) -> Void)?
+            if early { committed = { _ in broker.tasksAvailable(queue, 1) } }
+            broker.submit(.put(queue: queue, payload: Array(payload.readableBytesView)), committed: committed) { [self] result in
                 switch result {
                 case .success(.put(let id)):
+                    if !early { broker.tasksAvailable(queue, 1) }
                     fill(slot, .ok([String(id)]))
                 case .success: fill(slot, .ok([]))
                 case .failure(let e): fill(slot, internalError(e))

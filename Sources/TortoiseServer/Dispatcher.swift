@@ -41,6 +41,10 @@ struct Dispatcher {
             }
         }
 
+        /// Whether a worker may be waiting here (an entry of the idle line may be stale:
+        /// true then too).
+        var mayHaveIdleWorker: Bool { !idle.isEmpty }
+
         /// The longest-idle worker when there is an available task: both are claimed
         /// (the caller takes the task for the worker).
         func claim() -> ConnectionHandler? {
@@ -98,6 +102,11 @@ struct Dispatcher {
         guard let q = queues[queue] else { return }
         q.returning -= 1
         forgetIfUnused(q)
+    }
+
+    /// Whether a worker of `queue` may be idle, waiting for a task.
+    func mayHaveIdleWorker(_ queue: String) -> Bool {
+        queues[queue]?.mayHaveIdleWorker ?? false
     }
 
     /// The longest-idle worker of `queue` when it has an available task: both are
