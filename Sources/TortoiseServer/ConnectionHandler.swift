@@ -515,7 +515,11 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
                 if case .returned(let to) = outcome { broker.taskReturned(to) }
             }, completion)
         default:
+            // The worker's next task goes out first: queueing this change may wake the
+            // writer (a system call), and the next `MSG` need not wait for that.
+            becomeIdle()
             broker.submit(op, completion)
+            return
         }
         becomeIdle()
     }
