@@ -16,7 +16,7 @@ struct CompareBench: ParsableCommand {
     @Option(help: "Seconds per throughput measurement.") var seconds = 3.0
     @Option(help: "Runs of the whole matrix; each cell shows the median.") var runs = 3
     @Option(help: "Seconds of the paced latency run.") var pacedSeconds = 6.0
-    @Option(help: "Tasks put before each consume run.") var prefill = 20_000
+    @Option(help: "Tasks put before each consume run (at most --seconds of draining is measured).") var prefill = 100_000
     @Option(help: "Run only these workloads (produce, window, consume, together, paced); the rest show nan.")
     var only: [String] = []
 
