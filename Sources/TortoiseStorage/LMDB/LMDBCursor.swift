@@ -78,8 +78,6 @@ public struct LMDBCursor: ~Copyable {
     public func seek(key: [UInt8]) throws(StorageError) -> Entry? { try move(MDB_SET_KEY, key: key) }
     /// The next duplicate of the current key, or nil.
     public func nextDuplicate() throws(StorageError) -> Entry? { try move(MDB_NEXT_DUP) }
-    /// In a sorted-duplicate table: the first duplicate of the next key.
-    public func nextKey() throws(StorageError) -> Entry? { try move(MDB_NEXT_NODUP) }
     /// The previous duplicate of the current key, or nil.
     public func previousDuplicate() throws(StorageError) -> Entry? { try move(MDB_PREV_DUP) }
     /// The last duplicate of the current key.
