@@ -8,26 +8,49 @@
 public enum ErrorFingerprint {
     /// The fingerprint text of `error`.
     public static func fingerprint(_ error: String) -> String {
-        var out = ""
+        String(decoding: fingerprintUTF8(error), as: UTF8.self)
+    }
+
+    /// The group of `error`: the hash of its fingerprint.
+    public static func group(of error: String) -> UInt64 {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for b in fingerprintUTF8(error) {
+            h ^= UInt64(b)
+            h = h &* 0x0000_0100_0000_01b3
+        }
+        return h
+    }
+
+    /// The fingerprint's UTF-8. Every `NACK` computes it on the store's writer thread, so
+    /// ASCII (most error texts) is told apart byte by byte and Unicode's properties are
+    /// asked only of other characters. `FingerprintTests` checks it against the
+    /// definition, written plainly there.
+    static func fingerprintUTF8(_ error: String) -> [UInt8] {
+        var out: [UInt8] = []
         out.reserveCapacity(error.utf8.count)
         let scalars = Array(error.unicodeScalars)
+        func append(_ c: Unicode.Scalar) {
+            if c.isASCII { out.append(UInt8(c.value)) } else { out.append(contentsOf: UTF8.encode(c)!) }
+        }
+        let number: [UInt8] = Array("<n>".utf8)
+        let id: [UInt8] = Array("<id>".utf8)
         var i = 0
         var pendingSpace = false
         while i < scalars.count {
             let c = scalars[i]
-            if c.properties.isWhitespace {
+            if isWhitespace(c) {
                 pendingSpace = !out.isEmpty
                 i += 1
                 continue
             }
-            if pendingSpace { out.append(" "); pendingSpace = false }
+            if pendingSpace { out.append(0x20); pendingSpace = false }
             if isWordScalar(c) {
                 // A word: a maximal run of letters, digits and '_'; UUIDs join with '-'.
                 var j = i
                 while j < scalars.count, isWordScalar(scalars[j]) || (scalars[j] == "-" && j + 1 < scalars.count && isHex(scalars[j + 1])) { j += 1 }
                 let word = scalars[i..<j]
                 if isUUID(word) || isHexID(word) {
-                    out.append("<id>")
+                    out.append(contentsOf: id)
                     i = j
                     continue
                 }
@@ -35,7 +58,7 @@ public enum ErrorFingerprint {
                 var k = i
                 while k < scalars.count, isWordScalar(scalars[k]) { k += 1 }
                 if isHexID(scalars[i..<k]) {
-                    out.append("<id>")
+                    out.append(contentsOf: id)
                     i = k
                     continue
                 }
@@ -43,9 +66,9 @@ public enum ErrorFingerprint {
                 while m < k {
                     if isDigit(scalars[m]) {
                         while m < k, isDigit(scalars[m]) { m += 1 }
-                        out.append("<n>")
+                        out.append(contentsOf: number)
                     } else {
-                        out.unicodeScalars.append(scalars[m])
+                        append(scalars[m])
                         m += 1
                     }
                 }
@@ -54,23 +77,13 @@ public enum ErrorFingerprint {
             }
             if isDigit(c) {
                 while i < scalars.count, isDigit(scalars[i]) { i += 1 }
-                out.append("<n>")
+                out.append(contentsOf: number)
                 continue
             }
-            out.unicodeScalars.append(c)
+            append(c)
             i += 1
         }
         return out
-    }
-
-    /// The group of `error`: the hash of its fingerprint.
-    public static func group(of error: String) -> UInt64 {
-        var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        for b in fingerprint(error).utf8 {
-            h ^= UInt64(b)
-            h = h &* 0x0000_0100_0000_01b3
-        }
-        return h
     }
 
     /// A group as 16 lower-case hex digits.
@@ -85,6 +98,12 @@ public enum ErrorFingerprint {
         return UInt64(text, radix: 16)
     }
 
+    /// Unicode's White_Space; in ASCII, tab to carriage return and the space.
+    @inline(__always)
+    private static func isWhitespace(_ c: Unicode.Scalar) -> Bool {
+        if c.isASCII { return (c.value >= 9 && c.value <= 13) || c.value == 32 }
+        return c.properties.isWhitespace
+    }
     private static func isDigit(_ c: Unicode.Scalar) -> Bool { c.value >= 48 && c.value <= 57 }
     private static func isHex(_ c: Unicode.Scalar) -> Bool {
         isDigit(c) || (c.value >= 65 && c.value <= 70) || (c.value >= 97 && c.value <= 102)
@@ -96,10 +115,17 @@ public enum ErrorFingerprint {
     private static func isHexID(_ w: ArraySlice<Unicode.Scalar>) -> Bool {
         w.count >= 8 && w.allSatisfy(isHex) && w.contains(where: isDigit)
     }
+    /// 8-4-4-4-12 hexadecimal characters joined by '-'.
     private static func isUUID(_ w: ArraySlice<Unicode.Scalar>) -> Bool {
-        let groups = w.split(separator: "-", omittingEmptySubsequences: false)
-        guard groups.map(\.count) == [8, 4, 4, 4, 12] else { return false }
-        return groups.allSatisfy { $0.allSatisfy(isHex) }
+        guard w.count == 36 else { return false }
+        for (n, c) in w.enumerated() {
+            if n == 8 || n == 13 || n == 18 || n == 23 {
+                guard c == "-" else { return false }
+            } else if !isHex(c) {
+                return false
+            }
+        }
+        return true
     }
 }
 
@@ -122,7 +148,15 @@ public enum ErrorWords {
             var w = String(decoding: current, as: UTF8.self)
             if !ascii { w = w.lowercased() }
             if w.utf8.count > maxWordBytes { w = String(decoding: w.utf8.prefix(maxWordBytes), as: UTF8.self) }
-            if seen.insert(w).inserted { result.append(w) }
+            // Few words (most errors): a look through them beats hashing each.
+            if result.count < 16 {
+                if !result.contains(w) {
+                    result.append(w)
+                    if result.count == 16 { seen = Set(result) }
+                }
+            } else if seen.insert(w).inserted {
+                result.append(w)
+            }
             current.removeAll(keepingCapacity: true)
             ascii = true
         }
