@@ -9,7 +9,7 @@ struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tortoise-bench",
         abstract: "TortoiseMQ benchmarks (figures as ratios to a baseline measured in the same run).",
-        subcommands: [StorageBench.self, SearchBench.self, CompareBench.self, ScaleBench.self, PipeliningBench.self, HostileBench.self, RoundTripBench.self, RabbitScaleBench.self, FanOutBench.self, HandOffBench.self, FlushContentionBench.self]
+        subcommands: [StorageBench.self, SearchBench.self, CompareBench.self, ScaleBench.self, PipeliningBench.self, HostileBench.self, RoundTripBench.self, RabbitScaleBench.self, FanOutBench.self, HandOffBench.self, FlushContentionBench.self, ErrorAnalysisBench.self, FailureStormBench.self]
     )
 }
 

@@ -138,6 +138,11 @@ final class TortoiseConsumer: BenchConsumer {
         try socket.write("SUB \(queue)\r\n")
         unconfirmedAcks = 1 // the SUB's OK
     }
+    /// Fails the task with `error` (confirmed like an ack: counted, awaited by `finish()`).
+    func nack(_ handle: UInt64, error: String) throws {
+        try socket.write("NACK \(handle) \(error.utf8.count)\r\n\(error)\r\n")
+        unconfirmedAcks += 1
+    }
     private func readFrame() throws {
         let line = try socket.readLine()
         if line == "OK" { unconfirmedAcks -= 1; return }
