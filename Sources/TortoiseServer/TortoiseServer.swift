@@ -31,7 +31,7 @@ public final class TortoiseServer: Sendable {
         storeConfig.compactCheckInterval = config.compactCheckSeconds.map { .milliseconds(Int64(($0 * 1000).rounded())) }
         storeConfig.compacted = { [logger] before, after, took in
             let ms = Double(took.components.attoseconds) / 1e15 + Double(took.components.seconds) * 1000
-            logger.info("compacted the store's file from \(Self.mib(before)) to \(Self.mib(after)) while running, in \(Int(ms)) ms (most of it was free)")
+            logger.info("compacted the store's file from \(Self.mib(before)) to \(Self.mib(after)) while running; changes waited \(Int(ms)) ms")
         }
         storeConfig.halted = { [logger, storeHalted = config.storeHalted] error in
             logger.critical("the disk failed a flush; every change is refused from now on: \(error.message)")

@@ -59,6 +59,16 @@ final class StoreEngine: @unchecked Sendable {
         /// Files with more live data than this are left as they are (the copy delays the
         /// open; while running, changes wait for the copy to catch up).
         var maxLiveBytes: Int
+        /// Files with a bigger share of live data than this are left as they are.
+        var maxLiveShare: Double = 0.5
+        /// Files with less free room than this are left as they are.
+        var minFreeBytes: Int = 0
+
+        /// Whether a file of `fileBytes` with `liveBytes` of live data is worth compacting.
+        func allows(liveBytes: Int, fileBytes: Int) -> Bool {
+            fileBytes >= minFileBytes && liveBytes <= maxLiveBytes
+                && Double(liveBytes) <= maxLiveShare * Double(fileBytes) && fileBytes - liveBytes >= minFreeBytes
+        }
     }
 
     /// The data directory.
@@ -200,6 +210,8 @@ final class StoreEngine: @unchecked Sendable {
     }
     /// Writer-only.
     private var copyJob: CopyJob?
+    /// For tests: runs on the copying thread once the copy is written, before it is done.
+    var afterCompactedCopy: (@Sendable () -> Void)?
     /// While a copy is written: the redo log keeps every batch after this one (read and
     /// set under `checkpointLock`), so that the batches committed during the copy can be
     /// applied to it, and found again after a crash.
@@ -209,8 +221,8 @@ final class StoreEngine: @unchecked Sendable {
     var compactionUnderWay: Bool { copyJob != nil }
 
     /// Compacting while the store runs, first half: when LMDB's file is worth it (at least
-    /// `policy.minFileBytes`, at most half live and at most
-    /// `policy.maxLiveBytes`), starts writing the compacted copy of the latest snapshot on
+    /// `policy.minFileBytes`, with at most `policy.maxLiveShare` and `policy.maxLiveBytes`
+    /// live and at least `policy.minFreeBytes` free), starts writing the compacted copy of the latest snapshot on
     /// a thread of its own and says true; changes go on meanwhile. `copied` runs on that
     /// thread when the copy is done: then ``finishCompaction()`` puts it in place.
     /// Writer-only, between batches.
@@ -222,10 +234,11 @@ final class StoreEngine: @unchecked Sendable {
         let job = CopyJob(before: Int(st.st_size), startBatch: batchNumber)
         checkpointLock.withLock { keepLogAfter = job.startBatch }
         copyJob = job
-        let (env, copy) = (env, directory + "/" + Self.compactName)
+        let (env, copy, afterCopy) = (env, directory + "/" + Self.compactName, afterCompactedCopy)
         let thread = Thread {
             do throws(StorageError) {
                 try env.writeCompactCopy(to: copy)
+                afterCopy?()
                 job.finish(.success(()))
             } catch {
                 unlink(copy)
@@ -366,12 +379,11 @@ final class StoreEngine: @unchecked Sendable {
         }
     }
 
-    /// Whether at most half of a file of `fileBytes` is live in `env`, and at most
-    /// `policy.maxLiveBytes`.
+    /// Whether `policy` allows compacting a file of `fileBytes` with what is live in `env`
+    /// (LMDB's used pages less its free list).
     private static func worthCompacting(_ env: LMDBEnvironment, fileBytes: Int, policy: Compaction) -> Bool {
         guard let free = try? env.freeBytes() else { return false }
-        let live = env.usedBytes - free
-        return live * 2 <= fileBytes && live <= policy.maxLiveBytes
+        return policy.allows(liveBytes: env.usedBytes - free, fileBytes: fileBytes)
     }
 
     /// The number of the last batch committed, for the background flush of LMDB's file.

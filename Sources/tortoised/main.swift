@@ -63,7 +63,7 @@ struct Tortoised: ParsableCommand {
     @Option(name: .customLong("compact-from"), help: "Compact the store's file if it has at least this many MiB: at start when at most half is live, and see --compact-check (0: never).")
     var compactFrom = 16
 
-    @Option(name: .customLong("compact-check"), help: "While running, look this often (seconds) whether the store's file is worth compacting (at most half and 64 MiB live; the copy is written while changes go on) (0: only at start).")
+    @Option(name: .customLong("compact-check"), help: "While running, look this often (seconds) whether the store's file is worth compacting (at most three quarters and 256 MiB live, at least --compact-from MiB free; the copy is written while changes go on) (0: only at start).")
     var compactCheck = 10.0
 
     func validate() throws {

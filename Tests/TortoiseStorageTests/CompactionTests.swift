@@ -132,6 +132,14 @@ import TortoiseTestSupport
         // and nothing was left to test.
         running.compactCheckInterval = .milliseconds(300)
         running.compactLiveAtMost = 0  // not at open: while running
+        // The copy of ~4 MiB takes a few ms: with the machine busy (the whole suite at
+        // once) no change was sometimes committed in that time. It is held back until a
+        // few puts more are confirmed (so committed after its snapshot), 2 s at most.
+        let confirmedPuts = Counter()
+        running.afterCompactedCopy = {
+            let (start, deadline) = (confirmedPuts.value, Date().addingTimeInterval(2))
+            while confirmedPuts.value < start + 8 && Date() < deadline { usleep(1000) }
+        }
 
         let busy = try TaskStore(running)
         #expect(busy.compactedAtOpen == nil)
@@ -156,6 +164,7 @@ import TortoiseTestSupport
                     var ids: [TaskID] = []
                     while busy.compactionsWhileRunning == 0 && ids.count < 20_000 {
                         ids.append(try await busy.put("during", "\(w)-\(ids.count)"))
+                        confirmedPuts.add()
                     }
                     return ids
                 }
@@ -284,6 +293,51 @@ import TortoiseTestSupport
         let next = try await compacting.put("q", "after")
         #expect(try compacting.readyIDs("q") == kept + [next])
         compacting.close()
+    }
+
+    @Test func whileRunningAQuarterFreeIsEnoughIfItIsEnoughRoom() {
+        let mib = 1 << 20
+        let defaults = TaskStore.Configuration(directory: "/unused")
+        #expect(defaults.compactFilesFrom == 16 * mib && defaults.compactLiveWhileRunningAtMost == 256 * mib)
+        // As the store builds it from those: as much free as the smallest file compacted.
+        let running = StoreEngine.Compaction(minFileBytes: 16 * mib, maxLiveBytes: 256 * mib, maxLiveShare: 0.75, minFreeBytes: 16 * mib)
+        let atOpen = StoreEngine.Compaction(minFileBytes: 16 * mib, maxLiveBytes: 256 * mib)
+        // A backlog of 200,000 drained beside 600,000 that stay (compare's consume rows).
+        #expect(running.allows(liveBytes: 123 * mib, fileBytes: 173 * mib))
+        #expect(!atOpen.allows(liveBytes: 123 * mib, fileBytes: 173 * mib))
+        #expect(atOpen.allows(liveBytes: 80 * mib, fileBytes: 173 * mib))
+        // Less than a quarter free; a quarter, but less room than the least; too much live;
+        // too small a file.
+        #expect(!running.allows(liveBytes: 140 * mib, fileBytes: 173 * mib))
+        #expect(!running.allows(liveBytes: 40 * mib, fileBytes: 50 * mib))
+        #expect(!running.allows(liveBytes: 38 * mib, fileBytes: 50 * mib))
+        #expect(running.allows(liveBytes: 34 * mib, fileBytes: 50 * mib))
+        #expect(!running.allows(liveBytes: 300 * mib, fileBytes: 600 * mib))
+        #expect(!running.allows(liveBytes: 1 * mib, fileBytes: 15 * mib))
+    }
+
+    @Test func whileRunningLessFreeRoomThanTheSmallestFileIsLeftAsItIs() async throws {
+        let dir = freshDirectory()
+        _ = try await drainedStore(dir)
+        let before = fileSize(dir)
+        var c = configuration(dir)
+        c.compactLiveAtMost = 0  // not at open
+        c.compactCheckInterval = .milliseconds(20)
+        // The file is big enough, but what is free in it (less than all of it) is not.
+        c.compactFilesFrom = before
+        let store = try TaskStore(c)
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(store.compactionsWhileRunning == 0)
+        #expect(fileSize(dir) == before)
+        store.close()
+        // The same store with 1 MiB is compacted (so the above could fail).
+        c.compactFilesFrom = 1 << 20
+        let again = try TaskStore(c)
+        let deadline = Date().addingTimeInterval(10)
+        while again.compactionsWhileRunning == 0 && Date() < deadline { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(again.compactionsWhileRunning == 1)
+        #expect(fileSize(dir) < before)
+        again.close()
     }
 
     @Test func aFileWithLittleFreeSpaceOrBelowTheSizeIsLeftAsItIs() async throws {
