@@ -340,16 +340,60 @@ final class StoreEngine: @unchecked Sendable {
     }
 
     /// Applies logged batches again, as they ran the first time (their clock, ids and
-    /// counters); the writer's counters end where they were, or past.
+    /// counters), all in one write transaction that ends with the last one's number;
+    /// the writer's counters end where they were, or past.
+    ///
+    /// One transaction, not one a batch: the batches a compaction catches up with are
+    /// applied while changes wait, and each commit would copy the pages it touches to
+    /// fresh ones (the copy's snapshot is pinned until the next checkpoint), growing the
+    /// newly compacted file by ~10 pages a batch.
     private func applyAgain(_ batches: [LoggedBatch]) throws(StorageError) {
+        guard let last = batches.last else { return }
         let (startID, startSeq, deliveries) = (nextID, nextSeq, maxDeliveries)
-        for batch in batches {
-            for r in apply(batch.ops, replaying: batch) {
-                if case .failure(let e) = r {
-                    throw StorageError(.corrupt, "batch \(batch.number) of the redo log does not apply again: \(e.message)")
+        var checkpointed = false
+        var ballastReleased = false
+        while true {
+            var current: UInt64 = 0
+            do throws(StorageError) {
+                try env.withWriteTransaction { (txn) throws(StorageError) in
+                    // Emptied here: an attempt that failed (the map was full) starts again
+                    // from what LMDB holds.
+                    batchCounts.removeAll(keepingCapacity: true)
+                    for batch in batches {
+                        current = batch.number
+                        nextID = batch.nextID
+                        nextSeq = batch.nextSeq
+                        maxDeliveries = batch.maxDeliveries
+                        for op in batch.ops { _ = try apply(op, now: batch.now, txn) }
+                    }
+                    try saveQueueCounts(txn)
+                    try saveCounters(txn)
+                    try txn.put(t.meta, Self.walBatchKey, last.number.bigEndianBytes)
                 }
+                break
+            } catch where error.code == .notFound {
+                throw StorageError(.corrupt, "batch \(current) of the redo log does not apply again: \(error.message)")
+            } catch where error.code == .diskFull || (error.code == .io && Self.hasNoRoom(ballastPath)) {
+                // The disk is full: the ballast's room is for this (LMDB reports a write
+                // cut short by a full disk as EIO: ask the filesystem).
+                guard !ballastReleased, unlink(ballastPath) == 0 || errno == ENOENT else { throw error }
+                ballastReleased = true
+                diskFullRetryAt = currentMillis() + 1000
+            } catch where error.code == .storageFull {
+                // A logged batch was accepted once: it may grow the map into the reserve.
+                if try env.grow(limit: env.maxMapSize + env.reserve) { continue }
+                // Pages freed since the last checkpoint are kept until the next: take one
+                // now, and they are free for these batches.
+                guard !checkpointed else { throw error }
+                checkpointed = true
+                try checkpoint()
             }
         }
+        countersCommitted()
+        batchNumber = last.number
+        committedLock.lock()
+        committed = batchNumber
+        committedLock.unlock()
         // Ids and seqs past the stored bounds may have gone to batches the log lost.
         nextID = max(nextID, startID)
         nextSeq = max(nextSeq, startSeq)
@@ -533,24 +577,17 @@ final class StoreEngine: @unchecked Sendable {
     ///
     /// Every batch that changes something gets the next batch number, stored in the same
     /// transaction, and its record is written to the redo log before it commits.
-    /// `replaying` applies a logged batch again, with its clock and counters.
-    func apply(_ ops: [StoreOperation], replaying: LoggedBatch? = nil) -> [Result<StoreOutcome, StorageError>] {
+    /// (``applyAgain(_:)`` applies logged batches again.)
+    func apply(_ ops: [StoreOperation]) -> [Result<StoreOutcome, StorageError>] {
         // Past the ceiling (in the reserve), only changes that add nothing run.
-        // A logged batch was accepted once: applying it again refuses nothing, and may
-        // grow the map into the reserve.
-        var full = replaying == nil && diskStillFull(now: currentMillis())
-        if !full && replaying == nil && env.mapSize > env.maxMapSize {
+        var full = diskStillFull(now: currentMillis())
+        if !full && env.mapSize > env.maxMapSize {
             let free = (try? env.freeBytes()) ?? 0
             full = env.usedBytes - free >= env.maxMapSize - env.reserve / 4
         }
         var checkpointed = false
         while true {
-            let now = replaying?.now ?? currentMillis()
-            if let replaying {
-                nextID = replaying.nextID
-                nextSeq = replaying.nextSeq
-                maxDeliveries = replaying.maxDeliveries
-            }
+            let now = currentMillis()
             let (startID, startSeq) = (nextID, nextSeq)
             var results: [Result<StoreOutcome, StorageError>] = []
             results.reserveCapacity(ops.count)
@@ -578,16 +615,14 @@ final class StoreEngine: @unchecked Sendable {
                     try saveQueueCounts(txn)
                     try saveCounters(txn)
                     guard !logged.isEmpty else { return }
-                    let number = replaying?.number ?? batchNumber + 1
+                    let number = batchNumber + 1
                     try txn.put(t.meta, Self.walBatchKey, number.bigEndianBytes)
-                    if replaying == nil {
-                        appended = try log.append(LoggedBatch(number: number, now: now, nextID: startID, nextSeq: startSeq,
-                                                              maxDeliveries: maxDeliveries, ops: logged))
-                    }
+                    appended = try log.append(LoggedBatch(number: number, now: now, nextID: startID, nextSeq: startSeq,
+                                                          maxDeliveries: maxDeliveries, ops: logged))
                 }
                 countersCommitted()
                 if !logged.isEmpty {
-                    batchNumber = replaying?.number ?? batchNumber + 1
+                    batchNumber += 1
                     committedLock.lock()
                     committed = batchNumber
                     committedLock.unlock()
@@ -606,7 +641,7 @@ final class StoreEngine: @unchecked Sendable {
             } catch where error.code == .storageFull {
                 if let appended { retract(appended) }
                 do throws(StorageError) {
-                    let limit = !full && replaying == nil ? env.maxMapSize : env.maxMapSize + env.reserve
+                    let limit = full ? env.maxMapSize + env.reserve : env.maxMapSize
                     if try !env.grow(limit: limit) {
                         // Pages freed since the last checkpoint are kept until the next:
                         // take one now, and they are free for this batch.
@@ -615,7 +650,7 @@ final class StoreEngine: @unchecked Sendable {
                             try checkpoint()
                             continue
                         }
-                        if !full && replaying == nil { full = true } else { return ops.map { _ in .failure(error) } }
+                        if !full { full = true } else { return ops.map { _ in .failure(error) } }
                     }
                 } catch {
                     return ops.map { _ in .failure(error) }
@@ -857,7 +892,7 @@ final class StoreEngine: @unchecked Sendable {
         guard !ids.isEmpty else { return 0 }
         for chunk in stride(from: 0, to: ids.count, by: 10_000) {
             let ops = ids[chunk..<min(ids.count, chunk + 10_000)].map { StoreOperation.release($0) }
-            for r in apply(ops, replaying: nil) { if case .failure(let e) = r, e.code != .notFound { throw e } }
+            for r in apply(ops) { if case .failure(let e) = r, e.code != .notFound { throw e } }
         }
         try checkpoint()
         return ids.count
