@@ -222,10 +222,10 @@ final class StoreEngine: @unchecked Sendable {
 
     /// Compacting while the store runs, first half: when LMDB's file is worth it (at least
     /// `policy.minFileBytes`, with at most `policy.maxLiveShare` and `policy.maxLiveBytes`
-    /// live and at least `policy.minFreeBytes` free), starts writing the compacted copy of the latest snapshot on
-    /// a thread of its own and says true; changes go on meanwhile. `copied` runs on that
-    /// thread when the copy is done: then ``finishCompaction()`` puts it in place.
-    /// Writer-only, between batches.
+    /// live and at least `policy.minFreeBytes` free), starts writing the compacted copy of
+    /// the latest snapshot on a thread of its own and says true; changes go on meanwhile.
+    /// `copied` runs on that thread when the copy is done: then ``finishCompaction()``
+    /// puts it in place. Writer-only, between batches.
     func startCompaction(policy: Compaction, copied: @escaping @Sendable () -> Void) -> Bool {
         guard copyJob == nil, checkpointFailure == nil else { return false }
         var st = stat()

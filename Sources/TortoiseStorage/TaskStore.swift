@@ -48,9 +48,9 @@ public final class TaskStore: @unchecked Sendable {
         public var compactLiveAtMost: Int = 256 << 20
         /// While the store runs, how often it looks whether LMDB's file is worth compacting
         /// (at least ``compactFilesFrom`` big and as much free, at most three quarters
-        /// live, and at most ``compactLiveWhileRunningAtMost`` live). The copy is written on a thread of its
-        /// own while changes go on; they wait only while it is put in place and caught up
-        /// with them. Nil: only at open.
+        /// live, and at most ``compactLiveWhileRunningAtMost`` live). The copy is written
+        /// on a thread of its own while changes go on; they wait only while it is put in
+        /// place and caught up with them. Nil: only at open.
         ///
         /// A quarter free is enough while running, where at open half must be: the free
         /// pages a drained backlog leaves are scattered over the file, and every
