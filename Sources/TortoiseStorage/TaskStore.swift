@@ -63,7 +63,7 @@ public final class TaskStore: @unchecked Sendable {
         /// The most live data compacted while the store runs: the longer the copy takes,
         /// the more batches it must catch up with while changes wait (and a growth of the
         /// map waits for the copy). With ~125 MiB live under full load, changes waited
-        /// 50–81 ms.
+        /// 4–16 ms.
         public var compactLiveWhileRunningAtMost: Int = 256 << 20
         /// Called on the writer's thread after a compaction while the store runs, with the
         /// file's sizes before and after and how long changes waited for it.
