@@ -190,7 +190,8 @@ final class StoreEngine: @unchecked Sendable {
             unlink(copy)
             return nil
         }
-        guard rename(copy, path) == 0, fsyncDirectory(directory), stat(path, &st) == 0 else { return nil }
+        // Freeing the old file is left to a thread of its own: the open waits meanwhile.
+        guard replaceKeepingOldOpen(path, with: copy), fsyncDirectory(directory), stat(path, &st) == 0 else { return nil }
         return (before, Int(st.st_size))
     }
 

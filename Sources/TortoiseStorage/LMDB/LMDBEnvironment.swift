@@ -241,16 +241,11 @@ public final class LMDBEnvironment: @unchecked Sendable {
         try resizeLock.withWriteLock { () throws(StorageError) in
             if isClosed { throw StorageError(.closed, "the store is closed") }
             let path = directory + "/data.mdb"
-            // The old file's inode is kept open past the rename: when its last reference
-            // goes, the kernel frees its blocks and drops its pages from the page cache
-            // (~45 ms for a file of 170 MiB here), and that is done on a thread of its
-            // own, not while every change waits.
-            let old = open(path, O_RDONLY | O_CLOEXEC)
-            defer { if old >= 0 { Thread.detachNewThread { _ = Glibc.close(old) } } }
             releasePins(before: .max)
             mdb_env_close(handle)
             isClosed = true
-            guard rename(copy, path) == 0 else {
+            // Freeing the old file is left to a thread of its own: changes wait meanwhile.
+            guard replaceKeepingOldOpen(path, with: copy) else {
                 throw StorageError(.io, "cannot put the compacted copy in place of \(path): \(String(cString: strerror(errno)))")
             }
             guard fsyncDirectory(directory) else { throw StorageError(.io, "cannot flush the directory \(directory)") }
