@@ -41,6 +41,12 @@ struct ByteReader {
         offset += 8
         return v
     }
+    /// A count: a u64 that must fit an `Int` (a stored record with a larger one is damaged).
+    mutating func count() throws(StorageError) -> Int {
+        let v = try u64()
+        guard let n = Int(exactly: v) else { throw StorageError(.corrupt, "a stored count is out of range (\(v))") }
+        return n
+    }
     mutating func i64() throws(StorageError) -> Int64 { Int64(bitPattern: try u64() ^ (1 << 63)) }
     mutating func raw(_ n: Int) throws(StorageError) -> ArraySlice<UInt8> { try need(n); defer { offset += n }; return bytes[offset..<offset + n] }
     mutating func string() throws(StorageError) -> String { let n = Int(try u32()); return String(decoding: try raw(n), as: UTF8.self) }

@@ -177,14 +177,19 @@ public struct QueueCounts: Sendable, Equatable {
 
     var isEmpty: Bool { ready == 0 && inflight == 0 && delayed == 0 && failed == 0 }
 
+    /// The record. A count below zero (a store whose counts disagree with its tables) is
+    /// written as zero: `STATS` is then off, where a trap would stop the broker. Debug
+    /// builds (the tests) still stop on it.
     func encoded() -> [UInt8] {
+        assert(ready >= 0 && inflight >= 0 && delayed >= 0 && failed >= 0, "a queue count went below zero: \(self)")
         var w = ByteWriter(capacity: 32)
-        w.u64(UInt64(ready)); w.u64(UInt64(inflight)); w.u64(UInt64(delayed)); w.u64(UInt64(failed))
+        w.u64(UInt64(clamping: ready)); w.u64(UInt64(clamping: inflight))
+        w.u64(UInt64(clamping: delayed)); w.u64(UInt64(clamping: failed))
         return w.bytes
     }
 
     init(decoding bytes: [UInt8]) throws(StorageError) {
         var r = ByteReader(bytes)
-        ready = Int(try r.u64()); inflight = Int(try r.u64()); delayed = Int(try r.u64()); failed = Int(try r.u64())
+        ready = try r.count(); inflight = try r.count(); delayed = try r.count(); failed = try r.count()
     }
 }

@@ -920,7 +920,7 @@ final class StoreEngine: @unchecked Sendable {
     }
 
     func pruned() throws(StorageError) -> Int {
-        try read { (txn) throws(StorageError) in Int(try metaNumber("pruned", txn) ?? 0) }
+        try read { (txn) throws(StorageError) in Int(clamping: try metaNumber("pruned", txn) ?? 0) }
     }
 
     func peekReady(_ queue: String, skipping: Set<TaskID>) throws(StorageError) -> DeliveredTask? {

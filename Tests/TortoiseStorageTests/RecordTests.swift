@@ -58,4 +58,19 @@ import Testing
         }
         #expect(try Self.groupAndQueue(Array(bytes.prefix(33))).get().queue == "queue")
     }
+
+    @Test func queueCountsOutOfRangeAreCorruptNotACrash() throws {
+        let counts = QueueCounts(ready: 3, inflight: 2, delayed: 1, failed: Int.max)
+        #expect(try QueueCounts(decoding: counts.encoded()) == counts)
+        var damaged = counts.encoded()
+        damaged[24] = 0x80  // failed: 2^63 + ..., past Int.max
+        #expect(throws: StorageError.self) { try QueueCounts(decoding: damaged) }
+        do {
+            _ = try QueueCounts(decoding: damaged)
+        } catch {
+            #expect(error.code == .corrupt)
+            #expect(error.message.contains("out of range"))
+        }
+        #expect(throws: StorageError.self) { try QueueCounts(decoding: Array(counts.encoded().prefix(31))) }
+    }
 }
