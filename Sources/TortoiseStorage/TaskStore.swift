@@ -126,6 +126,9 @@ public final class TaskStore: @unchecked Sendable {
     /// How many tasks were returned from in flight at open.
     public let recoveredAtOpen: Int
     /// How many flushes the store has done (for tests and figures).
+    /// The number of the last group commit (batches are numbered in commit order; for
+    /// figures: the difference over a stretch is how many commits it made).
+    public var batchNumber: UInt64 { engine.committedBatch }
     public var syncCount: Int { syncCondition.lock(); defer { syncCondition.unlock() }; return syncs }
     private var syncs = 0
 

@@ -22,6 +22,9 @@ struct StorageBench: AsyncParsableCommand {
     @Option(parsing: .upToNextOption, help: "Concurrent callers to measure.")
     var callers: [Int] = [1, 8, 64]
 
+    @Option(name: .customLong("checkpoint-ms"), help: "How often LMDB's file is checkpointed, in milliseconds (as the store's dataFlushInterval).")
+    var checkpointInterval = 10
+
     @Option(help: "How the callers wait: 'tasks' (one Swift task each, awaiting each operation) or 'loop' (state machines on one event loop, as the broker drives the store: completions hop back to it, many per wake-up).")
     var driver: Driver = .tasks
 
@@ -42,11 +45,13 @@ struct StorageBench: AsyncParsableCommand {
         print("raw write+fdatasync of 100 bytes: \(Int(raw)) /s")
         print("")
         print("callers driven by: \(driver == .tasks ? "one Swift task each" : "one event loop, as the broker does")")
-        print("callers  durable ops/s  put+ack pairs/s  flushes/s  ops per flush  vs raw fsync  vs 1 caller")
+        print("callers  durable ops/s  put+ack pairs/s  flushes/s  ops per flush  commits per pair  vs raw fsync  vs 1 caller")
         var oneCaller: Double?
         for n in callers {
             let dir = base + "/store-\(n)"
-            var store = try TaskStore(TaskStore.Configuration(directory: dir))
+            var cfg = TaskStore.Configuration(directory: dir)
+            cfg.dataFlushInterval = .milliseconds(checkpointInterval)
+            var store = try TaskStore(cfg)
             if drainedBacklog > 0 { try await drain(store: store, backlog: drainedBacklog) }
             if reopen {
                 store.close()
@@ -54,11 +59,13 @@ struct StorageBench: AsyncParsableCommand {
                 if let c = store.compactedAtOpen { print("compacted at open: \(c.before >> 20) MiB -> \(c.after >> 20) MiB") }
             }
             let syncsBefore = store.syncCount
+            let batchesBefore = store.batchNumber
             let (pairs, elapsed) = switch driver {
             case .tasks: try await measure(store: store, callers: n)
             case .loop: try await LoopCallers.measure(store: store, callers: n, seconds: seconds)
             }
             let flushes = Double(store.syncCount - syncsBefore) / elapsed
+            let commits = Double(store.batchNumber - batchesBefore)
             store.close()
             let ops = Double(pairs * 2) / elapsed
             if oneCaller == nil { oneCaller = ops }
@@ -68,6 +75,7 @@ struct StorageBench: AsyncParsableCommand {
                 pad(String(Int(Double(pairs) / elapsed)), 16),
                 pad(String(Int(flushes)), 10),
                 pad(String(format: "%.1f", ops / max(flushes, 1)), 14),
+                pad(String(format: "%.2f", commits / Double(max(pairs, 1))), 17),
                 pad(String(format: "%.2f×", ops / raw), 13),
                 pad(String(format: "%.1f×", ops / oneCaller!), 12),
             ]
