@@ -56,7 +56,7 @@ public final class TaskStore: @unchecked Sendable {
         /// pages a drained backlog leaves are scattered over the file, and every
         /// checkpoint writes the pages LMDB reuses from among them one by one (three times
         /// as many write requests; `together` 30–45% slower, paced p99 twice as long in
-        /// docs/benchmarks.md). An open that compacts delays `listening` by the copy. The
+        /// docs/benchmarks-history.md). An open that compacts delays `listening` by the copy. The
         /// free room asked for keeps a store from compacting for the few MiB of pages that
         /// its checkpoints hold back under load.
         public var compactCheckInterval: Duration? = .seconds(10)
@@ -327,7 +327,7 @@ public final class TaskStore: @unchecked Sendable {
                 if nobodyWaits && toSync.isEmpty && !syncing {
                     // Nothing to overlap the flush with: flush here rather than wake the
                     // flusher (a wake-up of a thread that slept costs 6-16 µs at the
-                    // median on this machine, more at p99; docs/benchmarks.md).
+                    // median on this machine, more at p99; docs/benchmarks-history.md).
                     syncing = true
                     syncCondition.unlock()
                     flushAndComplete(durable)
