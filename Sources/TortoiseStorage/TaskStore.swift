@@ -56,9 +56,9 @@ public final class TaskStore: @unchecked Sendable {
         /// pages a drained backlog leaves are scattered over the file, and every
         /// checkpoint writes the pages LMDB reuses from among them one by one (three times
         /// as many write requests; `together` 30–45% slower, paced p99 twice as long in
-        /// docs/benchmarks-history.md). An open that compacts delays `listening` by the copy. The
-        /// free room asked for keeps a store from compacting for the few MiB of pages that
-        /// its checkpoints hold back under load.
+        /// docs/benchmarks-history.md). An open that compacts delays `listening` by the
+        /// copy. The free room asked for keeps a store from compacting for the few MiB of
+        /// pages that its checkpoints hold back under load.
         public var compactCheckInterval: Duration? = .seconds(10)
         /// The most live data compacted while the store runs: the longer the copy takes,
         /// the more batches it must catch up with while changes wait (and a growth of the
@@ -125,10 +125,10 @@ public final class TaskStore: @unchecked Sendable {
     public let compactedAtOpen: (before: Int, after: Int)?
     /// How many tasks were returned from in flight at open.
     public let recoveredAtOpen: Int
-    /// How many flushes the store has done (for tests and figures).
     /// The number of the last group commit (batches are numbered in commit order; for
     /// figures: the difference over a stretch is how many commits it made).
     public var batchNumber: UInt64 { engine.committedBatch }
+    /// How many flushes the store has done (for tests and figures).
     public var syncCount: Int { syncCondition.lock(); defer { syncCondition.unlock() }; return syncs }
     private var syncs = 0
 
