@@ -628,6 +628,13 @@ final class StoreEngine: @unchecked Sendable {
                     committed = batchNumber
                     committedLock.unlock()
                 }
+                // Keep the map at least twice what the file uses: a batch that overflows
+                // it (a `REPLAY` of many failures, say) is undone and applied again once
+                // the map has grown, doing all its work twice while every other change
+                // waits. (The map is address space: the file grows only as pages are used.)
+                if !full && env.mapSize < env.maxMapSize && env.usedBytes > env.mapSize / 2 {
+                    _ = try? env.grow()
+                }
                 return results
             } catch where error.code == .diskFull || (error.code == .io && Self.hasNoRoom(ballastPath)) {
                 if let appended { retract(appended) }
