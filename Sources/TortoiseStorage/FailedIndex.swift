@@ -19,16 +19,42 @@ struct FailedIndex {
         try txn.put(t.groupQueues, gq, (n + 1).bigEndianBytes)
     }
 
-    func remove(_ f: FailedTask, _ txn: borrowing LMDBTransaction) throws(StorageError) {
-        let p = StoreTables.posting(f.failedAt, f.id)
-        try txn.delete(t.failed, StoreTables.taskKey(f.id))
-        try txn.delete(t.byTime, p)
-        for w in ErrorWords.words(f.error) { try txn.delete(t.byWord, Array(w.utf8), value: p) }
-        try txn.delete(t.byQueue, Array(f.queue.utf8), value: p)
-        try txn.delete(t.byGroup, f.group.bigEndianBytes, value: p)
-        let gq = StoreTables.groupQueueKey(f.group, f.queue)
-        let n = try txn.get(t.groupQueues, gq).map { UInt64(bigEndianBytes: $0) } ?? 0
-        if n <= 1 { try txn.delete(t.groupQueues, gq) } else { try txn.put(t.groupQueues, gq, (n - 1).bigEndianBytes) }
+    /// Removes failures and their index entries. Every table's entries are deleted in key
+    /// order through one cursor, which finds each next one from where it stands instead
+    /// of from the root: a `REPLAY` or `DELETE` of many failures holds the writer, and
+    /// every other change waits for it (docs/benchmarks.md, "Failure search").
+    func remove(all failures: [FailedTask], _ txn: borrowing LMDBTransaction) throws(StorageError) {
+        guard !failures.isEmpty else { return }
+        // Newest first: the postings' own order (see ``StoreTables/posting(_:_:)``).
+        let sorted = failures.sorted { ($0.failedAt, $0.id) > ($1.failedAt, $1.id) }
+        let postings = sorted.map { StoreTables.posting($0.failedAt, $0.id) }
+        try txn.withCursor(t.failed) { (c) throws(StorageError) in
+            for id in sorted.map(\.id).sorted() { try c.delete(StoreTables.taskKey(id)) }
+        }
+        try txn.withCursor(t.byTime) { (c) throws(StorageError) in
+            for p in postings { try c.delete(p) }
+        }
+        // Key, then posting: the order of a sorted-duplicate table. (Postings are already
+        // in order within a key: the sort is stable.)
+        func deletePairs(_ db: LMDBDatabase, _ keys: (FailedTask) -> [[UInt8]]) throws(StorageError) {
+            var pairs: [(key: [UInt8], posting: Int)] = []
+            for (i, f) in sorted.enumerated() { for k in keys(f) { pairs.append((k, i)) } }
+            pairs.sort { a, b in
+                a.key.lexicographicallyPrecedes(b.key) || (a.key == b.key && a.posting < b.posting)
+            }
+            try txn.withCursor(db) { (c) throws(StorageError) in
+                for (k, i) in pairs { try c.delete(k, value: postings[i]) }
+            }
+        }
+        try deletePairs(t.byWord) { ErrorWords.words($0.error).map { Array($0.utf8) } }
+        try deletePairs(t.byQueue) { [Array($0.queue.utf8)] }
+        try deletePairs(t.byGroup) { [$0.group.bigEndianBytes] }
+        var perGroupQueue: [[UInt8]: UInt64] = [:]
+        for f in sorted { perGroupQueue[StoreTables.groupQueueKey(f.group, f.queue), default: 0] += 1 }
+        for (gq, removed) in perGroupQueue.sorted(by: { $0.key.lexicographicallyPrecedes($1.key) }) {
+            let n = try txn.get(t.groupQueues, gq).map { UInt64(bigEndianBytes: $0) } ?? 0
+            if n <= removed { try txn.delete(t.groupQueues, gq) } else { try txn.put(t.groupQueues, gq, (n - removed).bigEndianBytes) }
+        }
     }
 
     func load(_ id: TaskID, _ txn: borrowing LMDBTransaction) throws(StorageError) -> FailedTask? {

@@ -25,6 +25,8 @@ final class StoreEngine: @unchecked Sendable {
     let t: StoreTables
     let index: FailedIndex
     var maxDeliveries: Int
+    /// How many failures a `REPLAY`, `DELETE` or prune loads and removes at a time.
+    var failuresPerSlice = 8192
     let log: RedoLog
     let checkpoints: CheckpointFile
     private let checkpointLock = NSLock()
@@ -732,15 +734,34 @@ final class StoreEngine: @unchecked Sendable {
             var perQueue: [String: Int] = [:]
             // Oldest failure first (the index gives newest first): replayed tasks queue up
             // in the order they failed, as they once queued in the order they were put.
-            for id in try index.ids(query, txn).reversed() {
-                guard let f = try index.load(id, txn) else { continue }
-                try index.remove(f, txn)
-                let seq = nextSeq
-                nextSeq += 1
-                let rec = TaskRecord(state: .ready, deliveries: 0, replays: UInt32(clamping: f.replays + 1), seq: seq, readyAt: 0, queue: f.queue, payload: f.payload)
-                try txn.put(t.tasks, StoreTables.taskKey(id), rec.encoded())
-                try txn.put(t.ready, StoreTables.readyKey(f.queue, seq), id.bigEndianBytes)
-                perQueue[f.queue, default: 0] += 1
+            let ids = try index.ids(query, txn)
+            // In slices, so that the records held at once stay few however many match.
+            for slice in Self.slices(of: ids.reversed(), size: failuresPerSlice) {
+                var failures: [FailedTask] = []
+                failures.reserveCapacity(slice.count)
+                for id in slice { if let f = try index.load(id, txn) { failures.append(f) } }
+                try index.remove(all: failures, txn)
+                // Each table written in its keys' order (see ``LMDBCursor/put(_:_:)``).
+                var tasks: [(id: TaskID, record: [UInt8])] = []
+                var ready: [(key: [UInt8], id: TaskID)] = []
+                tasks.reserveCapacity(failures.count)
+                ready.reserveCapacity(failures.count)
+                for f in failures {
+                    let seq = nextSeq
+                    nextSeq += 1
+                    let rec = TaskRecord(state: .ready, deliveries: 0, replays: UInt32(clamping: f.replays + 1), seq: seq, readyAt: 0, queue: f.queue, payload: f.payload)
+                    tasks.append((f.id, rec.encoded()))
+                    ready.append((StoreTables.readyKey(f.queue, seq), f.id))
+                    perQueue[f.queue, default: 0] += 1
+                }
+                tasks.sort { $0.id < $1.id }
+                ready.sort { $0.key.lexicographicallyPrecedes($1.key) }
+                try txn.withCursor(t.tasks) { (c) throws(StorageError) in
+                    for (id, record) in tasks { try c.put(StoreTables.taskKey(id), record) }
+                }
+                try txn.withCursor(t.ready) { (c) throws(StorageError) in
+                    for (key, id) in ready { try c.put(key, id.bigEndianBytes) }
+                }
             }
             for (q, n) in perQueue { try adjust(q, txn) { $0.failed -= n; $0.ready += n } }
             return .replayed(perQueue)
@@ -769,13 +790,22 @@ final class StoreEngine: @unchecked Sendable {
 
     private func removeFailures(_ ids: [TaskID], _ txn: borrowing LMDBTransaction) throws(StorageError) -> Int {
         var perQueue: [String: Int] = [:]
-        for id in ids {
-            guard let f = try index.load(id, txn) else { continue }
-            try index.remove(f, txn)
-            perQueue[f.queue, default: 0] += 1
+        for slice in Self.slices(of: ids, size: failuresPerSlice) {
+            var failures: [FailedTask] = []
+            failures.reserveCapacity(slice.count)
+            for id in slice { if let f = try index.load(id, txn) { failures.append(f) } }
+            try index.remove(all: failures, txn)
+            for f in failures { perQueue[f.queue, default: 0] += 1 }
         }
         for (q, n) in perQueue { try adjust(q, txn) { $0.failed -= n } }
         return perQueue.values.reduce(0, +)
+    }
+
+    /// `ids` in slices of at most `size` (at least one), in their order.
+    static func slices<C: Collection>(of ids: C, size: Int) -> [ArraySlice<TaskID>] where C.Element == TaskID {
+        let all = Array(ids)
+        let size = max(1, size)
+        return stride(from: 0, to: all.count, by: size).map { all[$0..<min($0 + size, all.count)] }
     }
 
     private func take(_ queue: String, _ txn: borrowing LMDBTransaction) throws(StorageError) -> DeliveredTask? {

@@ -71,6 +71,9 @@ public final class TaskStore: @unchecked Sendable {
         /// For tests: runs on the copying thread once a compacted copy is written, before
         /// the writer hears of it (changes committed meanwhile are to be applied to it).
         var afterCompactedCopy: (@Sendable () -> Void)?
+        /// For tests: how many failures a `REPLAY` or `DELETE` removes at a time (the
+        /// records of one slice are held in memory at once).
+        var failuresPerSlice = 8192
 
         /// A configuration for `directory` with the defaults.
         public init(directory: String) { self.directory = directory }
@@ -143,6 +146,7 @@ public final class TaskStore: @unchecked Sendable {
                                  compaction: configuration.compactFilesFrom.map {
                                      StoreEngine.Compaction(minFileBytes: $0, maxLiveBytes: configuration.compactLiveAtMost)
                                  })
+        engine.failuresPerSlice = configuration.failuresPerSlice
         compactedAtOpen = engine.compactedAtOpen
         if let from = configuration.compactFilesFrom, let every = configuration.compactCheckInterval {
             runningCompaction = (StoreEngine.Compaction(minFileBytes: from, maxLiveBytes: configuration.compactLiveWhileRunningAtMost,

@@ -61,6 +61,12 @@ import Testing
     @Test func indexedAnswersEqualABruteForceScan() async throws {
         var rng = SystemRandomNumberGenerator()
         let dir = freshDirectory()
+        func openStore(_ dir: String) throws -> TaskStore {
+            var c = testConfiguration(dir)
+            // Replays and deletes of more than three failures take them in slices.
+            c.failuresPerSlice = 3
+            return try TaskStore(c)
+        }
         var store = try openStore(dir)
         for i in 0..<150 {
             let queue = Self.queues.randomElement(using: &rng)!

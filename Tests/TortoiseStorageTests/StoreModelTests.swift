@@ -80,6 +80,8 @@ struct ModelRun {
         c.maxDeliveries = maxDeliveries
         c.compactFilesFrom = 32 << 10
         c.compactCheckInterval = .milliseconds(20)
+        // Replays and deletes of several failures take them in several slices.
+        c.failuresPerSlice = 2
         return try TaskStore(c)
     }
 

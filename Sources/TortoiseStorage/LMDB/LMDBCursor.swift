@@ -92,4 +92,41 @@ public struct LMDBCursor: ~Copyable {
     public func deleteCurrent() throws(StorageError) {
         try check(mdb_cursor_del(handle, 0), "deleting under a cursor")
     }
+
+    /// Writes `value` under `key` (a new pair, in a sorted-duplicate table), leaving the
+    /// cursor there: like ``delete(_:value:)``, cheapest for keys in their order.
+    public func put(_ key: [UInt8], _ value: [UInt8]) throws(StorageError) {
+        let rc = key.withUnsafeBytes { kb in
+            value.withUnsafeBytes { vb in
+                var k = MDB_val(mv_size: kb.count, mv_data: UnsafeMutableRawPointer(mutating: kb.baseAddress))
+                var v = MDB_val(mv_size: vb.count, mv_data: UnsafeMutableRawPointer(mutating: vb.baseAddress))
+                return mdb_cursor_put(handle, &k, &v, 0)
+            }
+        }
+        try check(rc, "writing a record")
+    }
+
+    /// Moves to `key` (in a sorted-duplicate table, to the pair `key`/`value` when a value
+    /// is given) and deletes it, if it is there; returns whether it was. Nothing is copied
+    /// out, and a cursor that stands on the right page already skips the walk down from
+    /// the root: deleting many keys in their order through one cursor is much cheaper
+    /// than deleting each on its own.
+    @discardableResult
+    public func delete(_ key: [UInt8], value: [UInt8]? = nil) throws(StorageError) -> Bool {
+        let rc = key.withUnsafeBytes { kb in
+            var k = MDB_val(mv_size: kb.count, mv_data: UnsafeMutableRawPointer(mutating: kb.baseAddress))
+            guard let value else {
+                var v = MDB_val()
+                return mdb_cursor_get(handle, &k, &v, MDB_SET)
+            }
+            return value.withUnsafeBytes { vb in
+                var v = MDB_val(mv_size: vb.count, mv_data: UnsafeMutableRawPointer(mutating: vb.baseAddress))
+                return mdb_cursor_get(handle, &k, &v, MDB_GET_BOTH)
+            }
+        }
+        if rc == MDB_NOTFOUND { return false }
+        try check(rc, "finding a record to delete")
+        try check(mdb_cursor_del(handle, 0), "deleting a record")
+        return true
+    }
 }
