@@ -634,8 +634,10 @@ final class StoreEngine: @unchecked Sendable {
                 // it (a `REPLAY` of many failures, say) is undone and applied again once
                 // the map has grown, doing all its work twice while every other change
                 // waits. (The map is address space: the file grows only as pages are used.)
+                // Not while anyone reads: a growth waits for every read transaction (a
+                // long search, a compaction's copy), and changes would wait with it.
                 if !full && env.mapSize < env.maxMapSize && env.usedBytes > env.mapSize / 2 {
-                    _ = try? env.grow()
+                    _ = try? env.growIfNobodyReads()
                 }
                 return results
             } catch where error.code == .diskFull || (error.code == .io && Self.hasNoRoom(ballastPath)) {

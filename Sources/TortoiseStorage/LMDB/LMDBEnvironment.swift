@@ -352,6 +352,21 @@ public final class LMDBEnvironment: @unchecked Sendable {
         return true
     }
 
+    /// Doubles the map, up to ``maxMapSize``, if no read transaction (a search, a
+    /// compaction's copy) runs at the moment; otherwise leaves it as it is rather than
+    /// wait for them. Returns whether it grew. Writer-only, between write transactions.
+    func growIfNobodyReads() throws(StorageError) -> Bool {
+        guard mapSize < maxMapSize, !writerInside else { return false }
+        let newSize = min(maxMapSize, mapSize * 2)
+        let grown = try resizeLock.withWriteLockIfFree { () throws(StorageError) -> Bool in
+            try check(mdb_env_set_mapsize(handle, newSize), "growing the map to \(newSize) bytes")
+            return true
+        }
+        guard grown == true else { return false }
+        mapSize = newSize
+        return true
+    }
+
     /// Runs `body` in a read-only transaction.
     public func withReadTransaction<R>(_ body: (borrowing LMDBTransaction) throws(StorageError) -> R) throws(StorageError) -> R {
         try resizeLock.withReadLock { () throws(StorageError) -> R in
@@ -399,4 +414,10 @@ final class ReadWriteLock: @unchecked Sendable {
         defer { pthread_rwlock_unlock(lock) }
         return try body()
     }
-}
+
+    /// Runs `body` under the write side if it is free now; nil if it was not.
+    func withWriteLockIfFree<R, E: Error>(_ body: () throws(E) -> R) throws(E) -> R? {
+        guard pthread_rwlock_trywrlock(lock) == 0 else { return nil }
+        defer { pthread_rwlock_unlock(lock) }
+        return try body()
+    }}
