@@ -33,6 +33,10 @@ public final class TortoiseServer: Sendable {
             let ms = Double(took.components.attoseconds) / 1e15 + Double(took.components.seconds) * 1000
             logger.info("compacted the store's file from \(Self.mib(before)) to \(Self.mib(after)) while running; changes waited \(Int(ms)) ms")
         }
+        storeConfig.reopened = { [logger] took in
+            let ms = Double(took.components.attoseconds) / 1e15 + Double(took.components.seconds) * 1000
+            logger.info("opened the store's file again to give back the memory of a big REPLAY or DELETE; changes waited \(Int(ms)) ms")
+        }
         storeConfig.halted = { [logger, storeHalted = config.storeHalted] error in
             logger.critical("the disk failed a flush; every change is refused from now on: \(error.message)")
             storeHalted?(error.message)

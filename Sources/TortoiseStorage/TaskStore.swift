@@ -74,6 +74,15 @@ public final class TaskStore: @unchecked Sendable {
         /// For tests: how many failures a `REPLAY` or `DELETE` removes at a time (the
         /// records of one slice are held in memory at once).
         var failuresPerSlice = 8192
+        /// A batch that replays, deletes or prunes at least this many failures has LMDB's
+        /// environment opened again once a checkpoint holds it: LMDB keeps a copy of
+        /// every page a write transaction changed for its later transactions, about 7 KiB
+        /// per such failure, until the environment closes (docs/storage.md, "Memory").
+        /// Above the broker's retention batches of 1,000, which then reuse one another's.
+        public var reopenAfterRemovingFailures = 2000
+        /// Called on the writer's thread after LMDB's environment was opened again for
+        /// that reason, with how long changes waited for it.
+        public var reopened: (@Sendable (_ took: Duration) -> Void)?
 
         /// A configuration for `directory` with the defaults.
         public init(directory: String) { self.directory = directory }
@@ -105,6 +114,7 @@ public final class TaskStore: @unchecked Sendable {
     private let halted: (@Sendable (StorageError) -> Void)?
     private let runningCompaction: (policy: StoreEngine.Compaction, every: Duration)?
     private let compactedCallback: (@Sendable (Int, Int, Duration) -> Void)?
+    private let reopenedCallback: (@Sendable (Duration) -> Void)?
     /// Asked of the writer by the flusher: see whether the file is worth compacting.
     private var compactionWanted = false
     private var compactions = 0
@@ -114,6 +124,13 @@ public final class TaskStore: @unchecked Sendable {
     /// How many batches, committed while a compacted copy was written, were applied to
     /// it again (for tests).
     var batchesAppliedToCopies: Int { haltLock.withLock { appliedAgain } }
+    /// Asked of the writer by the flusher: a checkpoint holds a batch that replayed,
+    /// deleted or pruned many failures; open LMDB's environment again to free the page
+    /// copies it keeps from it (see ``StoreEngine/reopenEnvironment()``).
+    private var reopenWanted = false
+    private var reopens = 0
+    /// How many times LMDB's environment was opened again to free memory (for tests).
+    var environmentReopens: Int { haltLock.withLock { reopens } }
     private let haltLock = NSLock()
     private var haltError: StorageError?
     private let flusherCondition = NSCondition()
@@ -147,6 +164,7 @@ public final class TaskStore: @unchecked Sendable {
                                      StoreEngine.Compaction(minFileBytes: $0, maxLiveBytes: configuration.compactLiveAtMost)
                                  })
         engine.failuresPerSlice = configuration.failuresPerSlice
+        engine.failuresBeforeReopen = configuration.reopenAfterRemovingFailures
         compactedAtOpen = engine.compactedAtOpen
         if let from = configuration.compactFilesFrom, let every = configuration.compactCheckInterval {
             runningCompaction = (StoreEngine.Compaction(minFileBytes: from, maxLiveBytes: configuration.compactLiveWhileRunningAtMost,
@@ -155,6 +173,7 @@ public final class TaskStore: @unchecked Sendable {
             runningCompaction = nil
         }
         compactedCallback = configuration.compacted
+        reopenedCallback = configuration.reopened
         engine.afterCompactedCopy = configuration.afterCompactedCopy
         dataFlushInterval = configuration.dataFlushInterval
         flushesDataInBackground = configuration.flushesDataInBackground
@@ -266,7 +285,7 @@ public final class TaskStore: @unchecked Sendable {
     private func writerLoop() {
         while true {
             writerCondition.lock()
-            while pending.isEmpty && !closing && !snapshotWanted && !compactionWanted { writerCondition.wait() }
+            while pending.isEmpty && !closing && !snapshotWanted && !compactionWanted && !reopenWanted { writerCondition.wait() }
             if snapshotWanted {
                 // Taken between batches, without holding up submitters.
                 snapshotWanted = false
@@ -277,6 +296,22 @@ public final class TaskStore: @unchecked Sendable {
                 snapshot = taken
                 writerCondition.broadcast()
                 writerCondition.unlock()
+                continue
+            }
+            if reopenWanted && !closing {
+                reopenWanted = false
+                writerCondition.unlock()
+                if haltedBy == nil {
+                    do throws(StorageError) {
+                        let start = ContinuousClock.now
+                        if try engine.reopenEnvironment() {
+                            haltLock.withLock { reopens += 1 }
+                            reopenedCallback?(ContinuousClock.now - start)
+                        }
+                    } catch {
+                        halt(StorageError(error.code, "opening the store's file again failed (\(error.message))"))
+                    }
+                }
                 continue
             }
             if compactionWanted && !closing {
@@ -458,6 +493,13 @@ public final class TaskStore: @unchecked Sendable {
                     if let snapshot = try snapshotFromWriter() {
                         try engine.persist(snapshot)
                         flushed = snapshot.batch
+                        if let big = engine.reopenAfterBatch, big <= flushed {
+                            // Its pages are on disk: reopening costs the writer little now.
+                            writerCondition.lock()
+                            reopenWanted = true
+                            writerCondition.broadcast()
+                            writerCondition.unlock()
+                        }
                     } else {
                         writerStopped = true  // close() checkpoints last
                     }

@@ -5,7 +5,8 @@
 // what it printed.
 //
 // TORTOISE_STRESS_SMALL=1 makes everything that moves between files happen often: redo-log
-// files of 4 KiB, and a compaction looked at every 50 ms from 256 KiB of file.
+// files of 4 KiB, a compaction looked at every 50 ms from 256 KiB of file, and LMDB's
+// environment opened again after every replay or delete.
 import Foundation
 import TortoiseStorage
 
@@ -30,6 +31,8 @@ do {
         configuration.compactFilesFrom = 256 << 10
         configuration.compactCheckInterval = .milliseconds(50)
         configuration.compacted = { _, _, _ in say("C") }
+        configuration.reopenAfterRemovingFailures = 1
+        configuration.reopened = { _ in say("O") }
     }
     store = try TaskStore(configuration)
 } catch {

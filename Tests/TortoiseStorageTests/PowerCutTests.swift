@@ -164,14 +164,15 @@ import TortoiseTestSupport
         store.close()
     }
 
-    /// A child process writes at full speed on the disk, with small log files and a
-    /// compaction looked at every 50 ms, its checkpoints running; at a random moment it is
-    /// stopped (every thread of it, so that no flush is half done), and the power is cut:
-    /// whatever it was doing (a checkpoint's writeback, a compacted copy being written or
-    /// put in place, a log file being switched), the store opened on the copy holds every
-    /// change the child had reported durable (puts, acks, failures, found through the word
-    /// index too, and replays and deletes of them). Then the child is killed and the next round
-    /// goes on on the disk as the crash left it.
+    /// A child process writes at full speed on the disk, with small log files, a
+    /// compaction looked at every 50 ms and its environment opened again after every
+    /// replay or delete, its checkpoints running; at a random moment it is stopped (every
+    /// thread of it, so that no flush is half done), and the power is cut: whatever it was
+    /// doing (a checkpoint's writeback, a compacted copy being written or put in place, a
+    /// log file being switched, the environment being opened again), the store opened on
+    /// the copy holds every change the child had reported durable (puts, acks, failures,
+    /// found through the word index too, and replays and deletes of them). Then the child
+    /// is killed and the next round goes on on the disk as the crash left it.
     @Test func aPowerCutAtAnyMomentLosesNothingReported() async throws {
         guard let disk = faultyDisk(megabytes: 128) else { return }
         defer { disk.tearDown() }
@@ -185,6 +186,7 @@ import TortoiseTestSupport
         var queues = Set<String>()
         var seen: [Character: Int] = [:]
         var compactions = 0
+        var reopens = 0
         for round in 0..<8 {
             let child = try ChildProcess(CrashTests.helper, [dir, "8"],
                                          environment: ChildProcess.environment(["TORTOISE_STRESS_SMALL": "1"]), stdout: .pipe)
@@ -207,6 +209,7 @@ import TortoiseTestSupport
                 let w = line.split(separator: " ")
                 guard let kind = w.first?.first else { continue }
                 if kind == "C" { compactions += 1; continue }
+                if kind == "O" { reopens += 1; continue }
                 if kind == "Q", w.count == 2 {
                     for (id, k) in last where k == "N" && queueOf[id] == String(w[1]) { last[id] = "U" }
                     continue
@@ -238,6 +241,7 @@ import TortoiseTestSupport
             #expect((seen[kind] ?? 0) > 0, "no \(kind) line: the test did not cover what it is for")
         }
         #expect(compactions > 0, "no compaction while the child ran: the test did not cover what it is for")
+        #expect(reopens > 0, "the child never opened its environment again: the test did not cover what it is for")
     }
 
     /// The ids of the ready tasks of `queues` and of the failed tasks in the store in

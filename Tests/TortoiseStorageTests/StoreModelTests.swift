@@ -28,7 +28,8 @@ import TortoiseTestSupport
         // The run must have exercised what it checks, or it checks nothing.
         #expect(run.seen.isSuperset(of: ModelRun.allKinds), "not exercised: \(ModelRun.allKinds.subtracting(run.seen).sorted())")
         #expect(run.compactions > 0)
-        print("model seed \(seed): \(run.compactions) compactions, \(run.nextSeq) puts and replays")
+        #expect(run.environmentReopens > 0)
+        print("model seed \(seed): \(run.compactions) compactions, \(run.environmentReopens) reopened environments, \(run.nextSeq) puts and replays")
     }
 }
 
@@ -65,6 +66,7 @@ struct ModelRun {
     var batchStart: Millis = 0
     /// Compactions so far, at open and while running.
     var compactions = 0
+    var environmentReopens = 0
     var seen: Set<String> = []
     /// What happened to each task, to explain a difference.
     var history: [TaskID: [String]] = [:]
@@ -80,8 +82,10 @@ struct ModelRun {
         c.maxDeliveries = maxDeliveries
         c.compactFilesFrom = 32 << 10
         c.compactCheckInterval = .milliseconds(20)
-        // Replays and deletes of several failures take them in several slices.
+        // Replays and deletes of several failures take them in several slices, and have
+        // the environment opened again after them.
         c.failuresPerSlice = 2
+        c.reopenAfterRemovingFailures = 2
         return try TaskStore(c)
     }
 
@@ -421,6 +425,7 @@ struct ModelRun {
     /// past the delivery limit.
     mutating func reopen() async throws {
         compactions += store.compactionsWhileRunning
+        environmentReopens += store.environmentReopens
         store.close()
         while let newest = failures.values.map(\.failedAt).max(), currentMillis() <= newest + 1 {
             try await Task.sleep(for: .milliseconds(1))

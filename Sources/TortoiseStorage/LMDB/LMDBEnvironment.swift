@@ -238,17 +238,31 @@ public final class LMDBEnvironment: @unchecked Sendable {
     /// the lock it holds. Call from the writer, between write transactions. If it fails
     /// once the old environment is closed, the environment stays closed.
     func replaceFile(with copy: String, ready: () throws(StorageError) -> Void) throws(StorageError) {
-        try resizeLock.withWriteLock { () throws(StorageError) in
-            if isClosed { throw StorageError(.closed, "the store is closed") }
+        try reopen(ready: ready) { () throws(StorageError) in
             let path = directory + "/data.mdb"
-            releasePins(before: .max)
-            mdb_env_close(handle)
-            isClosed = true
             // Freeing the old file is left to a thread of its own: changes wait meanwhile.
             guard replaceKeepingOldOpen(path, with: copy) else {
                 throw StorageError(.io, "cannot put the compacted copy in place of \(path): \(String(cString: strerror(errno)))")
             }
             guard fsyncDirectory(directory) else { throw StorageError(.io, "cannot flush the directory \(directory)") }
+        }
+    }
+
+    /// Closes the environment and opens its file again, as ``replaceFile(with:ready:)``
+    /// does but for the file's replacement. Closing it frees the copies of pages that LMDB
+    /// made for write transactions: it keeps every one for later transactions, so a
+    /// single big transaction (a `REPLAY` of many failures) would hold its memory for good.
+    func reopen(ready: () throws(StorageError) -> Void) throws(StorageError) {
+        try reopen(ready: ready) { () throws(StorageError) in }
+    }
+
+    private func reopen(ready: () throws(StorageError) -> Void, whileClosed: () throws(StorageError) -> Void) throws(StorageError) {
+        try resizeLock.withWriteLock { () throws(StorageError) in
+            if isClosed { throw StorageError(.closed, "the store is closed") }
+            releasePins(before: .max)
+            mdb_env_close(handle)
+            isClosed = true
+            try whileClosed()
             var env: OpaquePointer?
             try check(mdb_env_create(&env), "creating the LMDB environment")
             guard let env else { throw StorageError(.io, "mdb_env_create returned no environment") }
@@ -256,7 +270,7 @@ public final class LMDBEnvironment: @unchecked Sendable {
                 try check(mdb_env_set_maxdbs(env, maxDatabases), "setting the table count")
                 try check(mdb_env_set_maxreaders(env, 512), "setting the reader count")
                 try check(mdb_env_set_mapsize(env, mapSize), "setting the map size")
-                try check(mdb_env_open(env, directory, openFlags, 0o640), "opening the compacted store in \(directory)")
+                try check(mdb_env_open(env, directory, openFlags, 0o640), "opening the store in \(directory) again")
             } catch {
                 mdb_env_close(env)
                 throw error
@@ -420,4 +434,5 @@ final class ReadWriteLock: @unchecked Sendable {
         guard pthread_rwlock_trywrlock(lock) == 0 else { return nil }
         defer { pthread_rwlock_unlock(lock) }
         return try body()
-    }}
+    }
+}
