@@ -37,6 +37,9 @@ public final class TortoiseServer: Sendable {
             let ms = Double(took.components.attoseconds) / 1e15 + Double(took.components.seconds) * 1000
             logger.info("opened the store's file again to give back the memory of a big REPLAY or DELETE; changes waited \(Int(ms)) ms")
         }
+        storeConfig.countsRepaired = { [logger] queues in
+            logger.warning("the stored counts of \(queues.joined(separator: ", ")) were damaged; counted them again from the tables")
+        }
         storeConfig.halted = { [logger, storeHalted = config.storeHalted] error in
             logger.critical("the disk failed a flush; every change is refused from now on: \(error.message)")
             storeHalted?(error.message)

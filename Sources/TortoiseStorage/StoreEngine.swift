@@ -58,6 +58,13 @@ final class StoreEngine: @unchecked Sendable {
     private var pendingLimits: (UInt64, UInt64)?
     /// The counts of the queues the batch being applied changed.
     private var batchCounts: [String: QueueCounts] = [:]
+    /// Queues of this batch whose stored counts could not be read: counted again from
+    /// the tables when the batch saves its counts.
+    private var recountQueues: Set<String> = []
+    /// How many damaged queue counts were counted again from the tables (writer-only).
+    private(set) var countsRepaired = 0
+    /// The queues whose damaged counts the last batch counted again (writer-only).
+    private(set) var repairedByLastBatch: [String] = []
     static let reservation: UInt64 = 4096
     /// The `meta` key of the number of the last batch committed (the redo log's mark).
     static let walBatchKey = Array("wal_batch".utf8)
@@ -646,6 +653,7 @@ final class StoreEngine: @unchecked Sendable {
     /// transaction, and its record is written to the redo log before it commits.
     /// (``applyAgain(_:)`` applies logged batches again.)
     func apply(_ ops: [StoreOperation]) -> [Result<StoreOutcome, StorageError>] {
+        repairedByLastBatch = []
         // Past the ceiling (in the reserve), only changes that add nothing run.
         var full = diskStillFull(now: currentMillis())
         if !full && env.mapSize > env.maxMapSize {
@@ -665,6 +673,7 @@ final class StoreEngine: @unchecked Sendable {
                     // Emptied here, not after the save: an attempt that failed (the map
                     // was full) starts again from what LMDB holds.
                     batchCounts.removeAll(keepingCapacity: true)
+                    recountQueues.removeAll()
                     failuresRemoved = 0
                     for op in ops {
                         if full && op.adds {
@@ -689,6 +698,8 @@ final class StoreEngine: @unchecked Sendable {
                                                           maxDeliveries: maxDeliveries, ops: logged))
                 }
                 countersCommitted()
+                countsRepaired += recountQueues.count
+                repairedByLastBatch = recountQueues.sorted()
                 if !logged.isEmpty {
                     batchNumber += 1
                     committedLock.lock()
@@ -971,13 +982,64 @@ final class StoreEngine: @unchecked Sendable {
     /// operation was a quarter of an operation's work.)
     private func adjust(_ queue: String, _ txn: borrowing LMDBTransaction, _ change: (inout QueueCounts) -> Void) throws(StorageError) {
         if batchCounts[queue] == nil {
-            batchCounts[queue] = try txn.get(t.queues, Array(queue.utf8)).map { (b) throws(StorageError) in try QueueCounts(decoding: b) } ?? QueueCounts()
+            do throws(StorageError) {
+                batchCounts[queue] = try txn.get(t.queues, Array(queue.utf8)).map { (b) throws(StorageError) in try QueueCounts(decoding: b) } ?? QueueCounts()
+            } catch where error.code == .corrupt {
+                // A damaged record must not fail the batch (and every change in it, on
+                // any queue): the queue is counted from the tables before the save.
+                recountQueues.insert(queue)
+                batchCounts[queue] = QueueCounts()
+            }
         }
         change(&batchCounts[queue]!)
     }
 
+    /// A queue's counts as its tables have them: its ready entries, its failures, and the
+    /// in-flight and delayed tasks whose records name it (those tables are read whole).
+    /// For a damaged count record; slow on a big store.
+    private func countFromTables(_ queue: String, _ txn: borrowing LMDBTransaction) throws(StorageError) -> QueueCounts {
+        var counts = QueueCounts()
+        let prefix = StoreTables.queuePrefix(queue)
+        try txn.withCursor(t.ready) { (c) throws(StorageError) in
+            try c.walk(from: prefix) { (key, _) throws(StorageError) in
+                guard key.starts(with: prefix) else { return false }
+                counts.ready += 1
+                return true
+            }
+        }
+        counts.failed = try txn.withCursor(t.byQueue) { (c) throws(StorageError) -> Int in
+            guard try c.seek(key: Array(queue.utf8)) != nil else { return 0 }
+            return try c.duplicateCount()
+        }
+        func isOfQueue(_ id: TaskID) throws(StorageError) -> Bool {
+            guard let bytes = try txn.get(t.tasks, StoreTables.taskKey(id)) else { return false }
+            return try TaskRecord(decoding: bytes).queue == queue
+        }
+        var ids: [TaskID] = []
+        // (From the least key of one byte: LMDB takes no empty key.)
+        try txn.withCursor(t.inflight) { (c) throws(StorageError) in
+            try c.walk(from: [0]) { (key, _) throws(StorageError) in
+                ids.append(UInt64(bigEndianBytes: Array(key)))
+                return true
+            }
+        }
+        for id in ids where try isOfQueue(id) { counts.inflight += 1 }
+        ids.removeAll()
+        try txn.withCursor(t.delayed) { (c) throws(StorageError) in
+            try c.walk(from: [0]) { (key, _) throws(StorageError) in
+                var r = ByteReader(Array(key))
+                _ = try r.i64()
+                ids.append(try r.u64())
+                return true
+            }
+        }
+        for id in ids where try isOfQueue(id) { counts.delayed += 1 }
+        return counts
+    }
+
     /// Writes the counts this batch changed (a queue with nothing left loses its record).
     private func saveQueueCounts(_ txn: borrowing LMDBTransaction) throws(StorageError) {
+        for queue in recountQueues { batchCounts[queue] = try countFromTables(queue, txn) }
         for (queue, counts) in batchCounts {
             let key = Array(queue.utf8)
             if counts.isEmpty { try txn.delete(t.queues, key) } else { try txn.put(t.queues, key, counts.encoded()) }
@@ -1015,13 +1077,23 @@ final class StoreEngine: @unchecked Sendable {
     func counts() throws(StorageError) -> [String: QueueCounts] {
         try read { (txn) throws(StorageError) in
             var out: [String: QueueCounts] = [:]
+            var damaged: [String] = []
             try txn.withCursor(t.queues) { (c) throws(StorageError) in
                 var e = try c.first()
                 while let entry = e {
-                    out[String(decoding: entry.key, as: UTF8.self)] = try QueueCounts(decoding: entry.value)
+                    let queue = String(decoding: entry.key, as: UTF8.self)
+                    do throws(StorageError) {
+                        out[queue] = try QueueCounts(decoding: entry.value)
+                    } catch where error.code == .corrupt {
+                        out[queue] = nil
+                        damaged.append(queue)
+                    }
                     e = try c.next()
                 }
             }
+            // A damaged record (the next change to its queue writes it anew): counted
+            // from the tables, so that `STATS` still answers, and right.
+            for queue in damaged { out[queue] = try countFromTables(queue, txn) }
             return out
         }
     }

@@ -83,6 +83,9 @@ public final class TaskStore: @unchecked Sendable {
         /// Called on the writer's thread after LMDB's environment was opened again for
         /// that reason, with how long changes waited for it.
         public var reopened: (@Sendable (_ took: Duration) -> Void)?
+        /// Called on the writer's thread with the queues whose stored counts were found
+        /// damaged and counted again from the tables (the batch went through).
+        public var countsRepaired: (@Sendable (_ queues: [String]) -> Void)?
 
         /// A configuration for `directory` with the defaults.
         public init(directory: String) { self.directory = directory }
@@ -115,6 +118,7 @@ public final class TaskStore: @unchecked Sendable {
     private let runningCompaction: (policy: StoreEngine.Compaction, every: Duration)?
     private let compactedCallback: (@Sendable (Int, Int, Duration) -> Void)?
     private let reopenedCallback: (@Sendable (Duration) -> Void)?
+    private let countsRepairedCallback: (@Sendable ([String]) -> Void)?
     /// Asked of the writer by the flusher: see whether the file is worth compacting.
     private var compactionWanted = false
     private var compactions = 0
@@ -174,6 +178,7 @@ public final class TaskStore: @unchecked Sendable {
         }
         compactedCallback = configuration.compacted
         reopenedCallback = configuration.reopened
+        countsRepairedCallback = configuration.countsRepaired
         engine.afterCompactedCopy = configuration.afterCompactedCopy
         dataFlushInterval = configuration.dataFlushInterval
         flushesDataInBackground = configuration.flushesDataInBackground
@@ -335,6 +340,7 @@ public final class TaskStore: @unchecked Sendable {
                 continue
             }
             let results = engine.apply(batch.map(\.op))
+            if !engine.repairedByLastBatch.isEmpty { countsRepairedCallback?(engine.repairedByLastBatch) }
             if let failure = engine.checkpointFailure {
                 // A checkpoint the writer took to free pages (the map was full) failed.
                 halt(StorageError(failure.code, "checkpointing the store's file failed (\(failure.message))"))

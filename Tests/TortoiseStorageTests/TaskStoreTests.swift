@@ -239,6 +239,39 @@ import Testing
         #expect(engine.env.mapSize >= 1 << 20)
     }
 
+    @Test func aDamagedQueueCountIsCountedAgainNotFailingItsBatch() throws {
+        let engine = try StoreEngine(directory: freshDirectory(), options: .init(), maxDeliveries: 10, logFileSize: 1 << 20)
+        func outcome(_ op: StoreOperation) throws -> StoreOutcome { try engine.apply([op])[0].get() }
+        for p in ["a", "b", "c", "d"] { _ = try outcome(.put(queue: "q", payload: Array(p.utf8))) }
+        _ = try outcome(.put(queue: "other", payload: [1]))
+        guard case .taken(let a?) = try outcome(.take(queue: "q")),
+              case .taken(let b?) = try outcome(.take(queue: "q")),
+              case .taken(let c?) = try outcome(.take(queue: "q")) else { Issue.record("take"); return }
+        _ = try outcome(.nack(b.id, error: "boom"))
+        _ = try outcome(.requeue(c.id, readyAt: currentMillis() + 3_600_000))
+        let truth = QueueCounts(ready: 1, inflight: 1, delayed: 1, failed: 1)
+        #expect(try engine.counts()["q"] == truth)
+        // The record of "q" damaged: a count past Int.max.
+        try engine.env.withWriteTransaction { (txn) throws(StorageError) in
+            try txn.put(engine.t.queues, Array("q".utf8), [0x80] + [UInt8](repeating: 0, count: 31))
+        }
+        // STATS still answers, from the tables.
+        #expect(try engine.counts()["q"] == truth)
+        #expect(try engine.counts()["other"] == QueueCounts(ready: 1))
+        // A batch that changes "q" (and another queue) goes through, and writes the count anew.
+        let results = engine.apply([.put(queue: "q", payload: [9]), .ack(a.id), .put(queue: "other", payload: [2])])
+        #expect(results.allSatisfy { if case .success = $0 { true } else { false } }, "\(results)")
+        #expect(engine.countsRepaired == 1)
+        #expect(engine.repairedByLastBatch == ["q"])
+        _ = try outcome(.put(queue: "q", payload: [10]))
+        #expect(engine.repairedByLastBatch.isEmpty)
+        _ = try outcome(.take(queue: "q"))
+        #expect(try engine.counts()["q"] == QueueCounts(ready: 2, inflight: 1, delayed: 1, failed: 1))
+        #expect(try engine.counts()["other"] == QueueCounts(ready: 2))
+        let stored = try engine.env.withReadTransaction { (txn) throws(StorageError) in try txn.get(engine.t.queues, Array("q".utf8)) }
+        #expect(try QueueCounts(decoding: #require(stored)) == QueueCounts(ready: 2, inflight: 1, delayed: 1, failed: 1))
+    }
+
     @Test func countsStayExactWhenBatchesChangeAQueueManyTimes() async throws {
         // A batch keeps each queue's counts in memory and writes them once at its end.
         let dir = freshDirectory()
