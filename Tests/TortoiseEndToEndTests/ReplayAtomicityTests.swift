@@ -52,6 +52,26 @@ import TortoiseStorage
         let c = try broker.client()
         #expect(try c.failed("k3", limit: 1).total == count / 10)
         let before = try anonymousMemory(broker.process.pid)
+        // Another client reads and puts all the while (the environment closes and opens
+        // again under it), on a thread of its own.
+        let side = SideLoad()
+        let sideClient = try broker.client()
+        let thread = Thread {
+            defer { side.finish() }
+            while !side.stop {
+                do {
+                    let total = try sideClient.failed("m7 queue:q0", limit: 1).total
+                    guard total > 0 else { throw TestFailure("FAILED found no failure") }
+                    _ = try sideClient.stats()
+                    _ = try sideClient.put("side", "x")
+                    side.add()
+                } catch {
+                    side.fail("\(error)")
+                    return
+                }
+            }
+        }
+        thread.start()
         #expect(try c.call("REPLAY 2\r\nk3") == .ok([String(count / 10)]))
         let replayed = try anonymousMemory(broker.process.pid)
         var after = replayed
@@ -66,8 +86,14 @@ import TortoiseStorage
         if ProcessInfo.processInfo.environment["TORTOISE_SANITIZER"] == nil {
             #expect(after <= before + (8 << 20), "\(before >> 20) MiB before the REPLAY, \(after >> 20) MiB 10 s after")
         }
-        // The store works on as before: the replayed tasks are ready, in order.
-        #expect(try c.stats().queues.values.map(\.ready).reduce(0, +) == count / 10)
+        side.stop = true
+        while !side.done { try await Task.sleep(for: .milliseconds(10)) }
+        print("the other client read and put \(side.rounds) times meanwhile")
+        #expect(side.error == nil, "the other client: \(side.error ?? "")")
+        #expect(side.rounds > 0)
+        // The store works on as before: the replayed tasks are ready.
+        #expect(try c.stats().queues["side"]?.ready == side.rounds)
+        #expect(try c.stats().queues.filter { $0.key != "side" }.values.map(\.ready).reduce(0, +) == count / 10)
         // (Kind 3 is every tenth failure from the fourth: queues q1 and q3.)
         #expect(try c.call("SUB q1") == .ok([]))
         let first = try c.message()
@@ -75,6 +101,23 @@ import TortoiseStorage
         #expect(try c.call("ACK \(first.id)") == .ok([]))
         #expect(try c.failed("k3").total == 0)
         #expect(try c.failed().total == count - count / 10)
+    }
+
+    /// What the other client of ``aBigReplayGivesItsMemoryBack()`` did.
+    final class SideLoad: @unchecked Sendable {
+        private let lock = NSLock()
+        private var _stop = false, _rounds = 0, _error: String?, _done = false
+        var stop: Bool {
+            get { lock.withLock { _stop } }
+            set { lock.withLock { _stop = newValue } }
+        }
+        var rounds: Int { lock.withLock { _rounds } }
+        var error: String? { lock.withLock { _error } }
+        /// The thread has returned.
+        var done: Bool { lock.withLock { _done } }
+        func add() { lock.withLock { _rounds += 1 } }
+        func fail(_ e: String) { lock.withLock { _error = e } }
+        func finish() { lock.withLock { _done = true } }
     }
 
     @Test func aKilledReplayIsAllOrNothing() async throws {
