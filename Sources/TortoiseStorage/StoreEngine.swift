@@ -431,61 +431,6 @@ final class StoreEngine: @unchecked Sendable {
     /// When a file of `fileBytes` is worth compacting under `policy` (see ``worthCompacting(_:fileBytes:policy:)``),
     /// writes the compacted copy to `copy` and says true; false when it is not worth it
     /// or the copy failed (then no copy is left).
-    // MARK: Letting go of LMDB's page copies
-
-    /// A batch that replays, deletes or prunes at least this many failures has the
-    /// environment opened again once a checkpoint holds it (see ``reopenEnvironment()``):
-    /// each such failure leaves about 7 KiB of page copies behind (a `REPLAY` of 30,000
-    /// failures among 300,000 took the process from 31 to 251 MiB of anonymous memory).
-    var failuresBeforeReopen = 2000
-
-    /// The number of a batch whose page copies should be let go of, once a checkpoint
-    /// holds it (set by the writer; read by the checkpointing thread).
-    var reopenAfterBatch: UInt64? { committedLock.withLock { wantsReopenAfter } }
-    private var wantsReopenAfter: UInt64?
-    /// Failures replayed, deleted or pruned by the batch being applied (writer-only).
-    private var failuresRemoved = 0
-
-    /// Closes LMDB's environment and opens it again, between two batches: LMDB keeps the
-    /// memory of every page a write transaction changed for the transactions after it,
-    /// and only closing the environment frees it, so one big `REPLAY` would otherwise
-    /// hold hundreds of MiB for good. Everything committed is flushed first and the
-    /// latest snapshot becomes the checkpoint (a snapshot taken before for a checkpoint
-    /// still under way is of the environment closed: ``persist(_:)`` drops it). Not while
-    /// a compaction copies the file (it reads the environment). Writer-only; an error once
-    /// the environment is closed leaves a store that must be opened again.
-    /// Returns false if it did not (a compaction was under way).
-    func reopenEnvironment() throws(StorageError) -> Bool {
-        // Asked again after the next checkpoint: by then the copy may be in place.
-        guard !compactionUnderWay else { return false }
-        committedLock.withLock { wantsReopenAfter = nil }
-        checkpointLock.lock()
-        defer { checkpointLock.unlock() }
-        if let failure = checkpointFailure { throw failure }
-        do throws(StorageError) {
-            try env.sync()
-            try env.reopen { () throws(StorageError) in
-                guard try StoreTables(env: env) == t else {
-                    throw StorageError(.corrupt, "the store's tables did not open as before")
-                }
-                generation += 1
-                let txnid = try env.pinLatestSnapshot()
-                guard let page = try env.metaPage(for: txnid) else {
-                    throw StorageError(.corrupt, "the meta page of transaction \(txnid) is not in the store's file")
-                }
-                try checkpoints.write(Checkpoint(txnid: txnid, batch: batchNumber, metaPage: page, generation: generation))
-            }
-        } catch {
-            failureLock.withLock { persistFailure = persistFailure ?? error }
-            throw error
-        }
-        log.dataFlushed(through: batchNumber)
-        // The pages went back to the C heap, which keeps freed memory for later
-        // allocations: hand what it can spare back to the system.
-        trimHeap()
-        return true
-    }
-
     private static func writeCompactCopyIfMostlyFree(_ env: LMDBEnvironment, fileBytes: Int, policy: Compaction, to copy: String) -> Bool {
         guard worthCompacting(env, fileBytes: fileBytes, policy: policy) else { return false }
         do throws(StorageError) {
@@ -640,6 +585,61 @@ final class StoreEngine: @unchecked Sendable {
     private func countersCommitted() {
         if let (i, s) = pendingLimits { idLimit = i; seqLimit = s }
         pendingLimits = nil
+    }
+
+    // MARK: Letting go of LMDB's page copies
+
+    /// A batch that replays, deletes or prunes at least this many failures has the
+    /// environment opened again once a checkpoint holds it (see ``reopenEnvironment()``):
+    /// each such failure leaves about 7 KiB of page copies behind (a `REPLAY` of 30,000
+    /// failures among 300,000 took the process from 31 to 251 MiB of anonymous memory).
+    var failuresBeforeReopen = 2000
+
+    /// The number of a batch whose page copies should be let go of, once a checkpoint
+    /// holds it (set by the writer; read by the checkpointing thread).
+    var reopenAfterBatch: UInt64? { committedLock.withLock { wantsReopenAfter } }
+    private var wantsReopenAfter: UInt64?
+    /// Failures replayed, deleted or pruned by the batch being applied (writer-only).
+    private var failuresRemoved = 0
+
+    /// Closes LMDB's environment and opens it again, between two batches: LMDB keeps the
+    /// memory of every page a write transaction changed for the transactions after it,
+    /// and only closing the environment frees it, so one big `REPLAY` would otherwise
+    /// hold hundreds of MiB for good. Everything committed is flushed first and the
+    /// latest snapshot becomes the checkpoint (a snapshot taken before for a checkpoint
+    /// still under way is of the environment closed: ``persist(_:)`` drops it). Not while
+    /// a compaction copies the file (it reads the environment). Writer-only; an error once
+    /// the environment is closed leaves a store that must be opened again.
+    /// Returns false if it did not (a compaction was under way).
+    func reopenEnvironment() throws(StorageError) -> Bool {
+        // Asked again after the next checkpoint: by then the copy may be in place.
+        guard !compactionUnderWay else { return false }
+        committedLock.withLock { wantsReopenAfter = nil }
+        checkpointLock.lock()
+        defer { checkpointLock.unlock() }
+        if let failure = checkpointFailure { throw failure }
+        do throws(StorageError) {
+            try env.sync()
+            try env.reopen { () throws(StorageError) in
+                guard try StoreTables(env: env) == t else {
+                    throw StorageError(.corrupt, "the store's tables did not open as before")
+                }
+                generation += 1
+                let txnid = try env.pinLatestSnapshot()
+                guard let page = try env.metaPage(for: txnid) else {
+                    throw StorageError(.corrupt, "the meta page of transaction \(txnid) is not in the store's file")
+                }
+                try checkpoints.write(Checkpoint(txnid: txnid, batch: batchNumber, metaPage: page, generation: generation))
+            }
+        } catch {
+            failureLock.withLock { persistFailure = persistFailure ?? error }
+            throw error
+        }
+        log.dataFlushed(through: batchNumber)
+        // The pages went back to the C heap, which keeps freed memory for later
+        // allocations: hand what it can spare back to the system.
+        trimHeap()
+        return true
     }
 
     // MARK: Batches
