@@ -20,6 +20,9 @@ public final class TortoiseServer: Sendable {
 
     /// A size for the log, in MiB with one decimal.
     private static func mib(_ bytes: Int) -> String { String(format: "%.1f MiB", Double(bytes) / 1_048_576) }
+    private static func milliseconds(_ d: Duration) -> Int {
+        Int(Double(d.components.seconds) * 1000 + Double(d.components.attoseconds) / 1e15)
+    }
 
     /// Opens the store and starts listening.
     public static func start(_ config: ServerConfiguration, logger: Logger) async throws -> TortoiseServer {
@@ -30,12 +33,10 @@ public final class TortoiseServer: Sendable {
         storeConfig.compactFilesFrom = config.compactFilesFrom
         storeConfig.compactCheckInterval = config.compactCheckSeconds.map { .milliseconds(Int64(($0 * 1000).rounded())) }
         storeConfig.compacted = { [logger] before, after, took in
-            let ms = Double(took.components.attoseconds) / 1e15 + Double(took.components.seconds) * 1000
-            logger.info("compacted the store's file from \(Self.mib(before)) to \(Self.mib(after)) while running; changes waited \(Int(ms)) ms")
+            logger.info("compacted the store's file from \(Self.mib(before)) to \(Self.mib(after)) while running; changes waited \(Self.milliseconds(took)) ms")
         }
         storeConfig.reopened = { [logger] took in
-            let ms = Double(took.components.attoseconds) / 1e15 + Double(took.components.seconds) * 1000
-            logger.info("opened the store's file again to give back the memory of a big REPLAY or DELETE; changes waited \(Int(ms)) ms")
+            logger.info("opened the store's file again to give back the memory of a big REPLAY or DELETE; changes waited \(Self.milliseconds(took)) ms")
         }
         storeConfig.countsRepaired = { [logger] queues in
             logger.warning("the stored counts of \(queues.joined(separator: ", ")) were damaged; counted them again from the tables")

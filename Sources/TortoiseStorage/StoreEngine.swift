@@ -375,9 +375,7 @@ final class StoreEngine: @unchecked Sendable {
             var current: UInt64 = 0
             do throws(StorageError) {
                 try env.withWriteTransaction { (txn) throws(StorageError) in
-                    // Emptied here: an attempt that failed (the map was full) starts again
-                    // from what LMDB holds.
-                    batchCounts.removeAll(keepingCapacity: true)
+                    beginTransaction()
                     for batch in batches {
                         current = batch.number
                         nextID = batch.nextID
@@ -625,11 +623,7 @@ final class StoreEngine: @unchecked Sendable {
                     throw StorageError(.corrupt, "the store's tables did not open as before")
                 }
                 generation += 1
-                let txnid = try env.pinLatestSnapshot()
-                guard let page = try env.metaPage(for: txnid) else {
-                    throw StorageError(.corrupt, "the meta page of transaction \(txnid) is not in the store's file")
-                }
-                try checkpoints.write(Checkpoint(txnid: txnid, batch: batchNumber, metaPage: page, generation: generation))
+                try checkpoints.write(try takeSnapshot())
             }
         } catch {
             failureLock.withLock { persistFailure = persistFailure ?? error }
@@ -670,11 +664,7 @@ final class StoreEngine: @unchecked Sendable {
             var appended: Int?
             do throws(StorageError) {
                 try env.withWriteTransaction { (txn) throws(StorageError) in
-                    // Emptied here, not after the save: an attempt that failed (the map
-                    // was full) starts again from what LMDB holds.
-                    batchCounts.removeAll(keepingCapacity: true)
-                    recountQueues.removeAll()
-                    failuresRemoved = 0
+                    beginTransaction()
                     for op in ops {
                         if full && op.adds {
                             results.append(.failure(diskFullRetryAt != nil
@@ -975,6 +965,16 @@ final class StoreEngine: @unchecked Sendable {
         }
         for (q, n) in perQueue { try adjust(q, txn) { $0.delayed -= n; $0.ready += n } }
         return perQueue
+    }
+
+    /// Empties what a write transaction of batches gathers as it goes (the counts it
+    /// changed, the queues to count again, the failures it removed). At the start of each
+    /// attempt, not after the save: an attempt that failed (the map was full) starts again
+    /// from what LMDB holds.
+    private func beginTransaction() {
+        batchCounts.removeAll(keepingCapacity: true)
+        recountQueues.removeAll()
+        failuresRemoved = 0
     }
 
     /// Changes a queue's counts in this batch's copy; ``saveQueueCounts(_:)`` writes them
