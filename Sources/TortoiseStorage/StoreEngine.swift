@@ -108,9 +108,19 @@ final class StoreEngine: @unchecked Sendable {
         }
         let fd = open(directory + "/LOCK", O_RDWR | O_CREAT | O_CLOEXEC, 0o640)
         if fd < 0 { throw StorageError(.io, "cannot open \(directory)/LOCK: \(String(cString: strerror(errno)))") }
-        if flock(fd, LOCK_EX | LOCK_NB) != 0 {
-            close(fd)
-            throw StorageError(.locked, "the data directory \(directory) is in use by another process (its LOCK file is held)")
+        // A child process that another thread of this process is starting holds a copy of
+        // every open file until it runs its program, and the lock of a store closed just
+        // before with it: a store opened again meanwhile (tests that start helpers, a host
+        // that spawns) would find its own old lock held. So a held lock is tried again for
+        // a quarter of a second before the directory counts as another process's.
+        var tries = 0
+        while flock(fd, LOCK_EX | LOCK_NB) != 0 {
+            tries += 1
+            if (errno != EWOULDBLOCK && errno != EINTR) || tries > 50 {
+                close(fd)
+                throw StorageError(.locked, "the data directory \(directory) is in use by another process (its LOCK file is held)")
+            }
+            usleep(5000)
         }
         lockFD = fd
         var opts = options
