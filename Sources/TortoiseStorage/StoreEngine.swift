@@ -816,10 +816,7 @@ final class StoreEngine: @unchecked Sendable {
             let ids = try index.ids(query, txn)
             // In slices, so that the records held at once stay few however many match.
             for slice in Self.slices(of: ids.reversed(), size: failuresPerSlice) {
-                var failures: [FailedTask] = []
-                failures.reserveCapacity(slice.count)
-                for id in slice { if let f = try index.load(id, txn) { failures.append(f) } }
-                try index.remove(all: failures, txn)
+                let failures = try removeFailed(slice, txn)
                 // Each table written in its keys' order (see ``LMDBCursor/put(_:_:)``).
                 var tasks: [(id: TaskID, record: [UInt8])] = []
                 var ready: [(key: [UInt8], id: TaskID)] = []
@@ -871,15 +868,21 @@ final class StoreEngine: @unchecked Sendable {
     private func removeFailures(_ ids: [TaskID], _ txn: borrowing LMDBTransaction) throws(StorageError) -> Int {
         var perQueue: [String: Int] = [:]
         for slice in Self.slices(of: ids, size: failuresPerSlice) {
-            var failures: [FailedTask] = []
-            failures.reserveCapacity(slice.count)
-            for id in slice { if let f = try index.load(id, txn) { failures.append(f) } }
-            try index.remove(all: failures, txn)
-            for f in failures { perQueue[f.queue, default: 0] += 1 }
+            for f in try removeFailed(slice, txn) { perQueue[f.queue, default: 0] += 1 }
         }
         for (q, n) in perQueue { try adjust(q, txn) { $0.failed -= n } }
         failuresRemoved += ids.count
         return perQueue.values.reduce(0, +)
+    }
+
+    /// Loads the failures of `slice` (those still there) and removes them and their index
+    /// entries; returns them, in the slice's order.
+    private func removeFailed(_ slice: ArraySlice<TaskID>, _ txn: borrowing LMDBTransaction) throws(StorageError) -> [FailedTask] {
+        var failures: [FailedTask] = []
+        failures.reserveCapacity(slice.count)
+        for id in slice { if let f = try index.load(id, txn) { failures.append(f) } }
+        try index.remove(all: failures, txn)
+        return failures
     }
 
     /// `ids` in slices of at most `size` (at least one), in their order.
